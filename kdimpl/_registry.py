@@ -1,0 +1,77 @@
+"""A small registry of losses, in the spirit of timm's model registry.
+
+Plain imports (``from kdimpl import FGDLoss``) never need it; it exists so that configs
+and the test suite can enumerate every loss.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["LossEntry", "register_loss", "get_loss", "get_loss_function", "list_losses", "build_loss"]
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    module: type[nn.Module]
+    function: Callable[..., Any]
+
+
+_REGISTRY: dict[str, LossEntry] = {}
+
+
+def register_loss(name: str, *, function: Callable[..., Any]):
+    """Class decorator that registers an ``nn.Module`` loss and its functional twin under ``name``."""
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name].module is not cls:
+            raise ValueError(f"loss name {name!r} is already registered by {_REGISTRY[name].module.__qualname__}")
+        _REGISTRY[name] = LossEntry(name, cls, function)
+        return cls
+
+    return decorator
+
+
+def _entry(name: str) -> LossEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"unknown loss {name!r}{hint} (kdimpl.list_losses() lists all)") from None
+
+
+def get_loss(name: str) -> type[nn.Module]:
+    """Return the ``nn.Module`` class registered as ``name``."""
+    return _entry(name).module
+
+
+def get_loss_function(name: str) -> Callable[..., Any]:
+    """Return the functional twin registered as ``name``."""
+    return _entry(name).function
+
+
+def list_losses(pattern: str = "*") -> list[str]:
+    """Sorted names of registered losses matching a shell-style ``pattern``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def build_loss(config: dict[str, Any]) -> nn.Module:
+    """Build a loss from ``{"type": name, **kwargs}``, rejecting keyword arguments it does not take."""
+    if "type" not in config:
+        raise KeyError("loss config needs a 'type' key naming a registered loss")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    cls = get_loss(config["type"])
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params) - {"self"})
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unexpected config keys {unknown}; it takes {sorted(set(params) - {'self'})}")
+    return cls(**kwargs)
