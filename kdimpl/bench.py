@@ -1,0 +1,219 @@
+"""Benchmark every loss on a realistic detection workload: ``python -m kdimpl.bench``.
+
+Workload (the issue's reference): batch 2, 256 channels, the five FPN levels of a 1333x800
+input (strides 4 to 64), 20 boxes per image. For each loss it reports forward+backward time
+in eager mode and under ``torch.compile``, peak memory of the tensors live during the step,
+and the time as a multiple of copying the same feature tensors (the memory-bandwidth floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import platform
+import statistics
+import sys
+import time
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .bench_cases import BenchCase, all_bench_cases
+
+IMAGE_SIZE = (800, 1333)  # (height, width) after mmdet's 1333x800 resize
+LEVELS = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]
+
+
+def make_boxes(batch: int, num_boxes: int, device, seed: int = 0) -> list[torch.Tensor]:
+    """Seeded xyxy boxes in pixels with a spread of sizes, as a detector's ground truth would have."""
+    generator = torch.Generator().manual_seed(seed)
+    img_h, img_w = IMAGE_SIZE
+    boxes = []
+    for _ in range(batch):
+        u = torch.rand(num_boxes, 4, generator=generator)
+        w = 16 + u[:, 2] ** 2 * (img_w / 2)
+        h = 16 + u[:, 3] ** 2 * (img_h / 2)
+        x1 = u[:, 0] * (img_w - w)
+        y1 = u[:, 1] * (img_h - h)
+        boxes.append(torch.stack([x1, y1, x1 + w, y1 + h], dim=1).to(device))
+    return boxes
+
+
+class PeakLiveMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage created by operators and still alive, over a region of code.
+
+    Works on every device (on CPU PyTorch has no allocator statistics): each operator output's
+    storage is counted until the last tensor referring to it is freed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors referring to it]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr == 0:
+                    continue
+                entry = self.live.get(ptr)
+                if entry is None:
+                    self.live[ptr] = entry = [storage.nbytes(), 0]
+                    self.current += entry[0]
+                    self.peak = max(self.peak, self.current)
+                entry[1] += 1
+                weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Callable[[], None], device: torch.device, min_time: float, warmup: int = 2) -> float:
+    """Median seconds of ``step`` over repeats filling at least ``min_time`` seconds."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < 3 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+        if len(samples) >= 50:
+            break
+    return statistics.median(samples)
+
+
+def _fwd_bwd(loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        loss_fn().backward()
+
+    return step
+
+
+def copy_floor(device, dtype, channels: int, batch: int, min_time: float) -> float:
+    """Time to copy the student and teacher tensors of all levels once into preallocated buffers."""
+    tensors = [torch.randn(batch, channels, h, w, device=device, dtype=dtype) for h, w in LEVELS for _ in range(2)]
+    buffers = [torch.empty_like(t) for t in tensors]
+
+    def step() -> None:
+        for src, dst in zip(tensors, buffers):
+            dst.copy_(src)
+
+    return time_step(step, device, min_time)
+
+
+def peak_memory(loss_fn: Callable[[], torch.Tensor]) -> int:
+    tracker = PeakLiveMemory()
+    with tracker:
+        loss_fn().backward()
+    return tracker.peak
+
+
+def run_case(case: BenchCase, device, dtype, modes: list[str], batch: int, boxes: list[torch.Tensor], min_time: float):
+    row: dict[str, object] = {"name": case.name}
+    loss_fn = case.make(device, dtype, LEVELS, boxes, IMAGE_SIZE)
+    if "eager" in modes:
+        row["eager_ms"] = 1e3 * time_step(_fwd_bwd(loss_fn), device, min_time)
+        row["peak_mib"] = peak_memory(loss_fn) / 2**20
+    if "compile" in modes:
+        torch._dynamo.reset()
+        compiled = torch.compile(loss_fn)
+        row["compile_ms"] = 1e3 * time_step(_fwd_bwd(compiled), device, min_time, warmup=3)
+    return row
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    env: dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.platform(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdimpl.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--mode", default="both", choices=["eager", "compile", "both"])
+    parser.add_argument("--losses", default="*", help="shell pattern over benchmark case names")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--boxes", type=int, default=20, help="boxes per image")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of repeats per measurement")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    modes = ["eager", "compile"] if args.mode == "both" else [args.mode]
+    cases = [c for c in all_bench_cases() if fnmatch.fnmatchcase(c.name, args.losses)]
+    if not cases:
+        parser.error(f"no benchmark case matches {args.losses!r}")
+    boxes = make_boxes(args.batch, args.boxes, device)
+    env = environment(device)
+    print("  ".join(f"{k}={v}" for k, v in env.items()))
+    print(f"workload: batch {args.batch}, levels {LEVELS}, {args.boxes} boxes/image, dtype {args.dtype}")
+    floors = {}
+    for channels in sorted({c.channels for c in cases}):
+        floors[channels] = 1e3 * copy_floor(device, dtype, channels, args.batch, args.min_time)
+        print(f"copy floor ({channels} channels, student+teacher, all levels): {floors[channels]:.1f} ms")
+
+    rows = []
+    header = f"{'loss':32} {'eager ms':>9} {'x floor':>8} {'compiled ms':>12} {'x floor':>8} {'peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        try:
+            row = run_case(case, device, dtype, modes, args.batch, boxes, args.min_time)
+        except Exception as error:  # keep benchmarking the others; report the failure
+            row = {"name": case.name, "error": f"{type(error).__name__}: {error}"}
+            print(f"{case.name:32} failed: {row['error']}", file=sys.stderr)
+            rows.append(row)
+            continue
+        floor = floors[case.channels]
+        row["copy_floor_ms"] = floor
+
+        def cell(key: str, width: int) -> str:
+            return f"{row[key]:>{width}.1f}" if key in row else " " * (width - 1) + "-"
+
+        def ratio(key: str) -> str:
+            return f"{row[key] / floor:>7.1f}x" if key in row else " " * 7 + "-"
+
+        print(f"{case.name:32} {cell('eager_ms', 9)} {ratio('eager_ms')} {cell('compile_ms', 12)} {ratio('compile_ms')} {cell('peak_mib', 9)}")
+        rows.append(row)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"environment": env, "copy_floor_ms": floors, "results": rows}, handle, indent=2)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
