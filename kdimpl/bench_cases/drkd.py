@@ -1,0 +1,66 @@
+"""DRKD workloads: pixel relation on all levels, instance relation on the two finest (as the official code)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..adapters.drkd import GloReUnit, InstanceRelation
+from ..losses.drkd import drkd_instance_loss, drkd_pixel_loss
+from . import BenchCase
+
+
+def _features(device, dtype, levels, channels=256):
+    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
+    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    return student, teacher
+
+
+def _module_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _make_pixel(device, dtype, levels, gt_boxes, image_size):
+    student, teacher = _features(device, dtype, levels)
+    nodes = [64 if i < 2 else 256 for i in range(len(levels))]  # official: 64 nodes on P2-P3, 256 above
+    to = dict(device=device, dtype=_module_dtype(dtype))
+    s_units = nn.ModuleList([GloReUnit(256, m) for m in nodes]).to(**to)
+    t_units = nn.ModuleList([GloReUnit(256, m) for m in nodes]).to(**to)
+    adapt = nn.ModuleList([nn.Conv2d(256, 256, 1) for _ in nodes]).to(**to)
+
+    def run():
+        return sum(
+            drkd_pixel_loss(s, t, student_glore=su, teacher_glore=tu, adaptation=a)
+            for s, t, su, tu, a in zip(student, teacher, s_units, t_units, adapt)
+        )
+
+    return run
+
+
+def _make_instance(device, dtype, levels, gt_boxes, image_size):
+    student, teacher = _features(device, dtype, levels[:2])
+    to = dict(device=device, dtype=_module_dtype(dtype))
+    s_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)
+    t_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)
+    adapt = nn.ModuleList([nn.Conv2d(256, 256, 1) for _ in range(4)]).to(**to)
+
+    def run():
+        return sum(
+            drkd_instance_loss(
+                student[i],
+                teacher[i],
+                gt_boxes,
+                image_size,
+                student_relation=s_rel[i],
+                teacher_relation=t_rel[i],
+                adaptation=adapt[i],
+                feature_adaptation=adapt[2 + i],
+                reduction="sum",
+            )
+            for i in range(2)
+        )
+
+    return run
+
+
+BENCH = [BenchCase("drkd_pixel", _make_pixel), BenchCase("drkd_instance", _make_instance)]
