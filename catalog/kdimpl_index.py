@@ -1,0 +1,56 @@
+"""What ``kdimpl`` exports, found by reading its sources with :mod:`ast` (no torch import).
+
+``kdimpl/losses/__init__.py`` discovers its modules at import time, so the package's own
+``__all__`` cannot be read statically. Instead every ``kdimpl/**/*.py`` is scanned: a public
+top-level class or function that the module lists in its literal ``__all__`` is an exported object,
+and that module is its defining file (the README links to it).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+
+def _literal_names(node: ast.expr) -> list[str]:
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [item.value for item in node.elts if isinstance(item, ast.Constant) and isinstance(item.value, str)]
+    return []
+
+
+def module_exports(source: str) -> list[str]:
+    """Names that a module defines at top level (``def``/``class``), lists in ``__all__`` and does not mark private."""
+    tree = ast.parse(source)
+    listed: list[str] = []
+    defined: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            listed = _literal_names(node.value)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__":
+            listed = _literal_names(node.value) if node.value is not None else []
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__":
+            listed += _literal_names(node.value)
+    return [name for name in listed if name in defined and not name.startswith("_")]
+
+
+def scan(root: str | Path) -> dict[str, str]:
+    """``{exported name: repository-relative defining file}`` for ``root/kdimpl``.
+
+    Files that do not parse (for instance while being edited) are skipped. When two modules
+    export the same name, the first in sorted path order wins.
+    """
+    root = Path(root)
+    index: dict[str, str] = {}
+    for path in sorted((root / "kdimpl").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        try:
+            names = module_exports(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for name in names:
+            index.setdefault(name, rel)
+    return index

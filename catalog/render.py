@@ -1,0 +1,256 @@
+"""``python -m catalog build``: render README.md (Jinja, ``templates/``) and papers.bib from the data.
+
+The output depends only on the data and the templates: papers are sorted within each section by
+year, then title (case-insensitive), then id, so neither file-listing order nor the machine
+changes a byte. Anchors are GitHub's (:mod:`catalog.slug`). Everything is rendered in memory
+first; files are then written with :func:`catalog.atomic.write_files`, so a failure leaves every
+existing file untouched.
+
+Rules that keep awesome-lint's ``double-link`` rule happy (every URL is linked once):
+
+* a paper in several sections is written in full in its first section only; the others show a
+  short reference (its ``notes`` text for that section when given, else the description);
+* a code URL or kdimpl file already linked higher up in the README is named in plain text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catalog.model import Catalog, Paper, Section
+from catalog.slug import Slugger
+
+README = "README.md"
+BIBTEX = "papers.bib"
+TEMPLATE = "README.md.j2"
+TITLE = "Awesome Knowledge Distillation for Object Detection"
+TOC_TITLE = "Contents"
+USAGE_TITLE = "Using this Repository"
+
+VERIFICATION_WORDS = {
+    "parity": "parity-tested against the official code",
+    "paper": "checked against the paper's equations",
+    "unverified": "not yet verified",
+}
+
+
+class RenderError(Exception):
+    """Rendering failed (missing template, template error, BibTeX failure); nothing was written."""
+
+
+_INLINE_ESCAPES = str.maketrans({char: "\\" + char for char in "\\`*_[]<>|"})
+_LINE_START = re.compile(r"^(#|>|[-+=]|\d+[.)])")
+
+
+def md(text: str) -> str:
+    """Escape Markdown syntax in plain text that is shown inline."""
+    return text.translate(_INLINE_ESCAPES)
+
+
+def md_line(text: str) -> str:
+    """Like :func:`md`, for text that starts a line (so it never turns into a heading or a list)."""
+    text = md(text)
+    match = _LINE_START.match(text)
+    if match:
+        text = text[: match.end() - 1] + "\\" + text[match.end() - 1 :]
+    return text
+
+
+def sort_key(paper: Paper) -> tuple:
+    """Order within a section: year, then title (case-insensitive), then id."""
+    return (paper.year, paper.title.casefold(), paper.id)
+
+
+@dataclass
+class Heading:
+    title: str
+    anchor: str
+    level: int
+    intro: str = ""
+    children: list["Heading"] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+
+
+def _venue_year(paper: Paper) -> str:
+    return f"{paper.venue} {paper.year}" if paper.venue else str(paper.year)
+
+
+def _header(paper: Paper) -> str:
+    when = f"*{md(_venue_year(paper))}*."
+    return f"{md_line(paper.method)}. {when}" if paper.method else when
+
+
+def _reference_name(paper: Paper) -> str:
+    return f"{paper.method} ({_venue_year(paper)})" if paper.method else f"{paper.title} ({_venue_year(paper)})"
+
+
+def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
+    """The template's context: headings with anchors, ToC, and entries with every decision made."""
+    slugger = Slugger()
+    slugger.slug(f"{TITLE} Awesome")  # the H1 (badge alt text included), then "Contents"
+    slugger.slug(TOC_TITLE)
+    by_section: dict[str, list[Paper]] = {}
+    for paper in catalog.papers:
+        for section_id in paper.sections:
+            by_section.setdefault(section_id, []).append(paper)
+    titles = {section.id: section.title for section in catalog.walk_sections()}
+    linked: dict[str, str] = {}  # URL -> who linked it first (README order)
+
+    def entry(paper: Paper, section_id: str) -> dict:
+        full = paper.sections[0] == section_id
+        item = {
+            "full": full,
+            "header": _header(paper),
+            "title": md_line(paper.title),
+            "authors": md_line(" and ".join(paper.authors)),
+        }
+        if not full:
+            item["description"] = md(paper.notes.get(section_id, paper.description))
+            item["home"] = md(titles.get(paper.sections[0], paper.sections[0]))
+            return item
+        item["description"] = md(paper.description)
+        item["links"] = [{"label": md(link.label), "url": link.url} for link in paper.links]
+        codes = []
+        for code in paper.code:
+            first = code.url not in linked
+            codes.append(
+                {
+                    "label": md(code.label),
+                    "url": code.url if first else None,
+                    "third_party": not code.official,
+                    "ref": None if first else md(linked[code.url]),
+                }
+            )
+            linked.setdefault(code.url, _reference_name(paper))
+        item["code"] = codes
+        implementations = []
+        for impl in paper.implementations:
+            target = kdimpl_files.get(impl.name)
+            first = target is not None and target not in linked
+            implementations.append(
+                {
+                    "name": impl.name,
+                    "path": target,
+                    "link": first,
+                    "verification": VERIFICATION_WORDS[impl.verification],
+                }
+            )
+            if target is not None:
+                linked.setdefault(target, impl.name)
+        item["implementations"] = implementations
+        return item
+
+    def heading(section: Section) -> Heading:
+        node = Heading(md(section.title), slugger.slug(section.title), section.level, md(section.intro))
+        papers = sorted(by_section.get(section.id, ()), key=sort_key)
+        node.entries = [entry(paper, section.id) for paper in papers]
+        flat.append(node)
+        node.children = [heading(child) for child in section.children]
+        return node
+
+    flat: list[Heading] = []
+    top = [heading(section) for section in catalog.sections]
+    usage_anchor = slugger.slug(USAGE_TITLE)
+    return {
+        "title": TITLE,
+        "toc": top,
+        "sections": flat,
+        "usage": {"title": USAGE_TITLE, "anchor": usage_anchor},
+        "paper_count": len(catalog.papers),
+    }
+
+
+def _environment(root: Path):
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root / "templates")),
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_readme(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | None = None) -> str:
+    if kdimpl_files is None:
+        from catalog.kdimpl_index import scan
+
+        kdimpl_files = scan(root) if any(paper.implementations for paper in catalog.papers) else {}
+    text = _environment(root).get_template(TEMPLATE).render(**build_view(catalog, kdimpl_files))
+    return text.rstrip("\n") + "\n"
+
+
+def render_outputs(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | None = None) -> dict[Path, str]:
+    """Every generated file, rendered in memory: ``{path: text}``. Raises :class:`RenderError`."""
+    root = Path(root)
+    outputs: dict[Path, str] = {}
+    try:
+        outputs[root / README] = render_readme(catalog, root, kdimpl_files)
+    except Exception as error:  # a template or data error must not leave a traceback or half a build
+        raise RenderError(f"rendering {README} failed: {type(error).__name__}: {error}") from error
+    try:
+        from catalog.bibtex import render_bibtex
+
+        outputs[root / BIBTEX] = render_bibtex(catalog)
+    except Exception as error:
+        raise RenderError(f"rendering {BIBTEX} failed: {type(error).__name__}: {error}") from error
+    return outputs
+
+
+def diff_against_file(path: Path, text: str, rel: str) -> str | None:
+    """A unified diff from the file on disk to ``text``, or None when they are identical."""
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current is not None and current == text.encode("utf-8"):
+        return None
+    old = [] if current is None else current.decode("utf-8", errors="replace").splitlines(keepends=True)
+    lines = difflib.unified_diff(
+        old,
+        text.splitlines(keepends=True),
+        fromfile=f"{rel} (on disk{', missing' if current is None else ''})",
+        tofile=f"{rel} (rendered)",
+    )
+    out = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stdout", action="store_true", help="print README.md instead of writing the files")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, render README.md and papers.bib in memory, then write both atomically."""
+    from catalog import atomic, validate
+
+    root = Path(args.root)
+    result = validate.validate_root(root)
+    if result.problems:
+        for problem in result.problems:
+            print(problem)
+        print(f"catalog build: {len(result.problems)} problem(s) in the data; nothing was written", file=sys.stderr)
+        return 1
+    try:
+        outputs = render_outputs(result.catalog, root, result.kdimpl_files)
+    except RenderError as error:
+        print(f"catalog build: {error}; nothing was written", file=sys.stderr)
+        return 1
+    if getattr(args, "stdout", False):
+        sys.stdout.write(outputs[root / README])
+        return 0
+    try:
+        atomic.write_files(outputs)
+    except OSError as error:
+        print(f"catalog build: cannot write {error.filename or 'output'}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    names = ", ".join(path.relative_to(root).as_posix() for path in outputs)
+    print(f"catalog build: wrote {names} ({len(result.catalog.papers)} papers)", file=sys.stderr)
+    return 0

@@ -1,0 +1,445 @@
+"""Every validation rule of ``python -m catalog check``: a failing example and its exact message."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catalog.validate import validate_root
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "core" / "repo"
+REPO = HERE.parents[1]
+TOY = '''"""A toy module standing in for a kdimpl loss."""
+
+from math import sqrt as reexported
+
+__all__ = ["toy_loss", "ToyLoss", "reexported", "_hidden"]
+
+
+def toy_loss(student, teacher):
+    return 0
+
+
+class ToyLoss:
+    pass
+
+
+def _hidden():
+    return 1
+'''
+NEXT_YEAR = datetime.date.today().year + 1
+
+# A valid paper; cases below edit it. Line numbers: method 2, title 3, authors 4-6, venue 7,
+# year 8, arxiv 9, sections 10-11, description 12, links 13-17, code 18-20.
+BASE = """\
+# yaml-language-server: $schema=../catalog/schema/paper.schema.json
+method: XKD
+title: A Test Paper on Distillation
+authors:
+  - Ada Byron
+  - Alan Turing
+venue: CVPR
+year: 2022
+arxiv: "2201.99999"
+sections:
+  - masks
+description: A test description.
+links:
+  - kind: cvf
+    url: https://openaccess.thecvf.com/content/test.html
+  - kind: arxiv
+    url: https://arxiv.org/abs/2201.99999
+code:
+  - url: https://github.com/test/xkd
+    official: true
+"""
+
+
+def make_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(FIXTURE, root)
+    shutil.copytree(REPO / "templates", root / "templates")
+    (root / "kdimpl" / "losses").mkdir(parents=True)
+    (root / "kdimpl" / "losses" / "toy.py").write_text(TOY, encoding="utf-8")
+    return root
+
+
+def problems_for(tmp_path: Path, files: dict[str, str | bytes]) -> list[str]:
+    root = make_repo(tmp_path)
+    for rel, content in files.items():
+        path = root / rel
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return [str(problem) for problem in validate_root(root).problems]
+
+
+def edit(old: str, new: str, text: str = BASE) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_fixture_repo_and_base_paper_are_valid(tmp_path):
+    assert problems_for(tmp_path, {"papers/x.yaml": BASE}) == []
+
+
+CASES = {
+    "typo in a key": (
+        edit("title:", "titel:"),
+        [
+            "papers/x.yaml:2: title: missing required field",
+            "papers/x.yaml:3: titel: unknown field; did you mean 'title'?",
+        ],
+    ),
+    "missing required field": (
+        edit("description: A test description.\n", ""),
+        ["papers/x.yaml:2: description: missing required field"],
+    ),
+    "year as a string": (
+        edit("year: 2022", 'year: "2022"'),
+        ["papers/x.yaml:8: year: expected an integer, got a string"],
+    ),
+    "arxiv id not quoted": (
+        edit('arxiv: "2201.99999"', "arxiv: 2201.99999"),
+        ["papers/x.yaml:9: arxiv: expected a string, got the number 2201.99999; put it in quotes"],
+    ),
+    "arxiv id with version": (
+        edit('arxiv: "2201.99999"', 'arxiv: "2201.99999v2"'),
+        [
+            "papers/x.yaml:9: arxiv: must be an arXiv id such as '2111.11837' or 'cs/0601001', without a version suffix",
+        ],
+    ),
+    "year too early": (
+        edit("year: 2022", "year: 1989"),
+        [f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}"],
+    ),
+    "year too late": (
+        edit("year: 2022", f"year: {NEXT_YEAR + 1}"),
+        [f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}"],
+    ),
+    "http link": (
+        edit("url: https://openaccess", "url: http://openaccess"),
+        ["papers/x.yaml:15: links[0].url: URL scheme 'http:' is not allowed; use an https:// URL"],
+    ),
+    "javascript link": (
+        edit("url: https://openaccess.thecvf.com/content/test.html", "url: javascript:alert(1)"),
+        ["papers/x.yaml:15: links[0].url: URL scheme 'javascript:' is not allowed; use an https:// URL"],
+    ),
+    "relative link": (
+        edit("url: https://openaccess.thecvf.com/content/test.html", "url: content/test.html"),
+        ["papers/x.yaml:15: links[0].url: must be an absolute https:// URL"],
+    ),
+    "link host does not match its kind": (
+        edit("url: https://openaccess.thecvf.com/content/test.html", "url: https://example.com/test.html"),
+        [
+            "papers/x.yaml:15: links[0].url: host 'example.com' does not match kind 'cvf' (expected openaccess.thecvf.com)"
+        ],
+    ),
+    "unknown link kind": (
+        edit("kind: arxiv", "kind: arxv"),
+        [
+            "papers/x.yaml:16: links[1].kind: must be one of arxiv, cvf, neurips, openreview, ecva, springer, ieee, "
+            "sciencedirect, aaai, icml, pmlr, ijcai, acm, doi; got 'arxv'; did you mean 'arxiv'?"
+        ],
+    ),
+    "arxiv link with a version suffix": (
+        edit("url: https://arxiv.org/abs/2201.99999", "url: https://arxiv.org/abs/2201.99999v3"),
+        ["papers/x.yaml:17: links[1].url: arXiv links must be https://arxiv.org/abs/<id> with no version suffix"],
+    ),
+    "arxiv link to the pdf": (
+        edit("url: https://arxiv.org/abs/2201.99999", "url: https://arxiv.org/pdf/2201.99999"),
+        ["papers/x.yaml:17: links[1].url: arXiv links must be https://arxiv.org/abs/<id> with no version suffix"],
+    ),
+    "arxiv link and field disagree": (
+        edit("url: https://arxiv.org/abs/2201.99999", "url: https://arxiv.org/abs/2201.88888"),
+        ["papers/x.yaml:17: links[1].url: arXiv id '2201.88888' does not match the arxiv field ('2201.99999')"],
+    ),
+    "same link twice in one paper": (
+        edit(
+            "  - kind: arxiv\n    url: https://arxiv.org/abs/2201.99999\n",
+            "  - kind: cvf\n    url: https://openaccess.thecvf.com/content/test.html/\n",
+        ),
+        ["papers/x.yaml:17: links[1].url: same URL as links[0]"],
+    ),
+    "code host not accepted": (
+        edit("url: https://github.com/test/xkd", "url: https://gitee.com/test/xkd"),
+        [
+            "papers/x.yaml:19: code[0].url: code host 'gitee.com' is not accepted (github.com, gitlab.com, "
+            "huggingface.co); add it to catalog/data/link-kinds.yaml"
+        ],
+    ),
+    "code official not a boolean": (
+        edit("official: true", "official: yes please"),
+        ["papers/x.yaml:20: code[0].official: expected true or false, got a string"],
+    ),
+    "doi with its resolver prefix": (
+        edit("sections:", "doi: https://doi.org/10.1109/X.1\nsections:"),
+        ["papers/x.yaml:10: doi: must be a DOI such as '10.1109/CVPR52688.2022.00460', without 'https://doi.org/'"],
+    ),
+    "raw HTML in the description": (
+        edit("description: A test description.", "description: A <b>test</b> description."),
+        ["papers/x.yaml:12: description: raw HTML is not allowed; write plain text"],
+    ),
+    "Markdown link in the title": (
+        edit("title: A Test Paper on Distillation", "title: A [Test](https://example.com) Paper"),
+        ["papers/x.yaml:3: title: Markdown link syntax is not allowed; put URLs under links or code"],
+    ),
+    "leading space in an author": (
+        edit("  - Alan Turing", '  - " Alan Turing"'),
+        ["papers/x.yaml:6: authors[1]: has leading or trailing spaces"],
+    ),
+    "double space in the title": (
+        edit("title: A Test Paper on Distillation", 'title: "A Test  Paper"'),
+        ["papers/x.yaml:3: title: has two spaces in a row"],
+    ),
+    "description without a period": (
+        edit("description: A test description.", "description: A test description"),
+        ["papers/x.yaml:12: description: must end with a period"],
+    ),
+    "line break in the description": (
+        edit("description: A test description.", 'description: "A test\\ndescription."'),
+        [
+            "papers/x.yaml:12: description: must be a single line of plain text (no line breaks, tabs or control characters)"
+        ],
+    ),
+    "empty title": (
+        edit("title: A Test Paper on Distillation", 'title: ""'),
+        ["papers/x.yaml:3: title: must not be empty"],
+    ),
+    "no authors": (
+        edit("authors:\n  - Ada Byron\n  - Alan Turing\n", "authors: []\n"),
+        ["papers/x.yaml:4: authors: must list at least one item"],
+    ),
+    "unknown section": (
+        edit("  - masks", "  - mask"),
+        ["papers/x.yaml:11: sections[0]: unknown section 'mask'; did you mean 'masks'?"],
+    ),
+    "section listed twice": (
+        edit("  - masks", "  - masks\n  - masks"),
+        ["papers/x.yaml:10: sections: lists the same item twice"],
+    ),
+    "note for the first section": (
+        BASE + "notes:\n  masks: A note.\n",
+        [
+            "papers/x.yaml:22: notes.masks: the first section shows the description; notes are for the paper's other sections"
+        ],
+    ),
+    "note for a section the paper is not in": (
+        BASE + "notes:\n  teacher-free: A note.\n",
+        ["papers/x.yaml:22: notes.teacher-free: 'teacher-free' is not one of the paper's sections"],
+    ),
+    "unknown implementation": (
+        BASE + "implementations:\n  - name: ToyLos\n    verification: parity\n",
+        ["papers/x.yaml:22: implementations[0].name: kdimpl exports no object named 'ToyLos'; did you mean 'ToyLoss'?"],
+    ),
+    "private kdimpl name": (
+        BASE + "implementations:\n  - name: _hidden\n    verification: parity\n",
+        ["papers/x.yaml:22: implementations[0].name: must be a Python identifier"],
+    ),
+    "name re-exported but not defined by the module": (
+        BASE + "implementations:\n  - name: reexported\n    verification: parity\n",
+        ["papers/x.yaml:22: implementations[0].name: kdimpl exports no object named 'reexported'"],
+    ),
+    "unknown verification level": (
+        BASE + "implementations:\n  - name: ToyLoss\n    verification: parityy\n",
+        [
+            "papers/x.yaml:23: implementations[0].verification: must be one of parity, paper, unverified; got 'parityy'; "
+            "did you mean 'parity'?"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", list(CASES.values()), ids=list(CASES))
+def test_rule(tmp_path, text, expected):
+    assert problems_for(tmp_path, {"papers/x.yaml": text}) == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["year too early", "unknown section", "arxiv link and field disagree", "typo in a key"]
+)
+def test_full_yaml_parser_reports_the_same_lines(tmp_path, name):
+    """A trailing comment sends the file through libyaml instead of the fast reader: same problems."""
+    text, expected = CASES[name]
+    text = text.replace("venue: CVPR\n", "venue: CVPR  # a comment\n")
+    assert problems_for(tmp_path, {"papers/x.yaml": text}) == expected
+
+
+def test_several_problems_are_reported_at_once(tmp_path):
+    text = edit("year: 2022", "year: 1989", edit("titel", "titel", edit("title:", "titel:")))
+    text = edit("description: A test description.", "description: no period", text)
+    assert problems_for(tmp_path, {"papers/x.yaml": text}) == [
+        "papers/x.yaml:2: title: missing required field",
+        "papers/x.yaml:3: titel: unknown field; did you mean 'title'?",
+        f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}",
+    ]  # the description rule runs once the schema passes, so it waits for the next run
+
+
+FILE_CASES = {
+    # libyaml (CSafeLoader) and PyYAML's pure-Python parser word syntax errors differently
+    "malformed YAML": (
+        "title: [unclosed\nyear: 2022\n",
+        [
+            (
+                "papers/x.yaml:2: yaml: invalid YAML: did not find expected ',' or ']'",
+                "papers/x.yaml:2: yaml: invalid YAML: expected ',' or ']', but got '<scalar>'",
+            )
+        ],
+    ),
+    "tab indentation": (
+        "links:\n\t- kind: cvf\n",
+        [
+            (
+                "papers/x.yaml:2: yaml: invalid YAML: found character that cannot start any token",
+                "papers/x.yaml:2: yaml: invalid YAML: found character '\\t' that cannot start any token",
+            )
+        ],
+    ),
+    "not UTF-8": (
+        b"title: caf\xe9\n",
+        ["papers/x.yaml:1: (file): not valid UTF-8 (byte 0xe9); save the file as UTF-8"],
+    ),
+    "byte-order mark": (
+        "\ufefftitle: x\n".encode(),
+        ["papers/x.yaml:1: (file): starts with a byte-order mark; save as UTF-8 without BOM"],
+    ),
+    "empty file": ("", ["papers/x.yaml:1: (file): empty file; expected YAML data"]),
+    "only a comment": (
+        "# yaml-language-server: $schema=../catalog/schema/paper.schema.json\n",
+        ["papers/x.yaml:1: (file): empty file; expected YAML data"],
+    ),
+    "a list instead of a mapping": (
+        "- title\n- year\n",
+        ["papers/x.yaml:1: (file): expected a mapping of paper fields, got a list"],
+    ),
+    "a bare string": ("just text\n", ["papers/x.yaml:1: (file): expected a mapping of paper fields, got a string"]),
+    "duplicate key": (BASE + "year: 2023\n", ["papers/x.yaml:21: yaml: duplicate key 'year' (first at line 8)"]),
+    "python tag": (
+        BASE.replace("venue: CVPR", "venue: !!python/object:os.system CVPR"),
+        ["papers/x.yaml:7: yaml: unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system'; write plain values"],
+    ),
+    "merge key": (
+        BASE + "<<: {venue: ICCV}\n",
+        ["papers/x.yaml:21: yaml: YAML merge keys (<<) are not supported; write the fields out"],
+    ),
+    "two documents": (
+        BASE + "---\ntitle: again\n",
+        ["papers/x.yaml:21: yaml: invalid YAML: but found another document"],
+    ),
+    "alias bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n",
+        ["papers/x.yaml:1: yaml: document too large or too deeply nested (aliases?)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("content, expected", list(FILE_CASES.values()), ids=list(FILE_CASES))
+def test_bad_file(tmp_path, content, expected):
+    expected = [
+        (item[0] if yaml.__with_libyaml__ else item[1]) if isinstance(item, tuple) else item for item in expected
+    ]
+    assert problems_for(tmp_path, {"papers/x.yaml": content}) == expected
+
+
+def test_file_name_must_be_an_id(tmp_path):
+    assert problems_for(tmp_path, {"papers/X_Paper.yaml": BASE}) == [
+        "papers/X_Paper.yaml:1: (file): file name must be <id>.yaml, the id in lowercase letters, digits and '-'"
+    ]
+
+
+def test_only_yaml_files_in_papers(tmp_path):
+    assert problems_for(tmp_path, {"papers/x.yml": BASE}) == [
+        "papers/x.yml:1: (file): papers/ holds only <id>.yaml files (and _sections.yaml)"
+    ]
+
+
+def test_duplicate_papers(tmp_path):
+    same_arxiv = edit(
+        "title: A Test Paper on Distillation",
+        "title: Another Title",
+        edit("https://openaccess.thecvf.com/content/test.html", "https://openaccess.thecvf.com/content/other.html"),
+    )
+    same_title = edit(
+        "title: A Test Paper on Distillation",
+        "title: a test paper on distillation!",
+        BASE.replace("2201.99999", "2201.77777").replace("content/test", "content/third"),
+    )
+    same_link = edit(
+        "title: A Test Paper on Distillation", "title: A Fourth Paper", BASE.replace("2201.99999", "2201.66666")
+    )
+    assert problems_for(
+        tmp_path,
+        {"papers/x.yaml": BASE, "papers/y.yaml": same_arxiv, "papers/z.yaml": same_title, "papers/w.yaml": same_link},
+    ) == [
+        "papers/x.yaml:15: links[0].url: same link as papers/w.yaml",
+        "papers/y.yaml:9: arxiv: same arXiv id (2201.99999) as papers/x.yaml",
+        "papers/y.yaml:17: links[1].url: same link as papers/x.yaml",
+        "papers/z.yaml:3: title: same title as papers/x.yaml",
+    ]
+
+
+SECTION_CASES = {
+    "unknown key": (
+        "- id: general\n  titel: General\n",
+        [
+            "papers/_sections.yaml:1: [0].title: missing required field",
+            "papers/_sections.yaml:2: [0].titel: unknown field; did you mean 'title'?",
+        ],
+    ),
+    "duplicate id": (
+        "- id: general\n  title: General\n- id: general\n  title: Other\n",
+        ["papers/_sections.yaml:3: [1].id: duplicate section id 'general' (first at line 1)"],
+    ),
+    "title with symbols": (
+        "- id: general\n  title: General & Co.\n",
+        [
+            "papers/_sections.yaml:2: [0].title: section titles use ASCII letters, digits, single "
+            "spaces and '-' only (they become GitHub anchors)"
+        ],
+    ),
+    "reserved title": (
+        "- id: contents\n  title: Contents\n",
+        ["papers/_sections.yaml:2: [0].title: 'Contents' is reserved for a README section"],
+    ),
+    "too deep": (
+        "- id: a\n  title: A\n  children:\n    - id: b\n      title: B\n      children:\n"
+        "        - id: c\n          title: C\n          children:\n            - id: d\n              title: D\n"
+        "              children:\n                - id: e\n                  title: E\n",
+        [
+            "papers/_sections.yaml:13: [0].children[0].children[0].children[0].children[0]: "
+            "sections nest at most four levels (## to #####)"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("content, expected", list(SECTION_CASES.values()), ids=list(SECTION_CASES))
+def test_sections_file(tmp_path, content, expected):
+    root = make_repo(tmp_path)
+    (root / "papers" / "_sections.yaml").write_text(content, encoding="utf-8")
+    for paper in (root / "papers").glob("[a-z]*.yaml"):
+        paper.unlink()
+    assert [str(problem) for problem in validate_root(root).problems] == expected
+
+
+def test_missing_sections_file(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "papers" / "_sections.yaml").unlink()
+    problems = [str(problem) for problem in validate_root(root).problems]
+    assert problems[0] == "papers/_sections.yaml:1: (file): missing: the section tree is required"
+
+
+def test_catalog_keeps_papers_that_loaded(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "papers" / "x.yaml").write_text(edit("title:", "titel:"), encoding="utf-8")
+    result = validate_root(root)
+    assert sorted(paper.id for paper in result.catalog.papers) == ["alpha", "beta", "delta", "gamma"]
+    assert len(result.problems) == 2

@@ -1,0 +1,105 @@
+"""The command line: exit codes, --root, lazily imported commands, no tracebacks for bad data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catalog import cli
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "core" / "repo"
+REPO = HERE.parents[1]
+TOY = '__all__ = ["toy_loss", "ToyLoss"]\n\n\ndef toy_loss(student, teacher):\n    return 0\n\n\nclass ToyLoss:\n    pass\n'
+
+
+def make_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(FIXTURE, root)
+    shutil.copytree(REPO / "templates", root / "templates")
+    (root / "kdimpl" / "losses").mkdir(parents=True)
+    (root / "kdimpl" / "losses" / "toy.py").write_text(TOY, encoding="utf-8")
+    return root
+
+
+def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "catalog", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_build_then_check_exit_zero(tmp_path):
+    root = make_repo(tmp_path)
+    assert cli.main(["build", "--root", str(root)]) == 0
+    assert cli.main(["check", "--root", str(root)]) == 0
+
+
+def test_check_exits_one_on_bad_data(tmp_path, capsys):
+    root = make_repo(tmp_path)
+    (root / "papers" / "beta.yaml").write_text("titel: x\n", encoding="utf-8")
+    assert cli.main(["check", "--root", str(root)]) == 1
+    assert "papers/beta.yaml:1: titel: unknown field; did you mean 'title'?" in capsys.readouterr().out
+
+
+def test_root_defaults_to_the_current_directory(tmp_path, monkeypatch):
+    root = make_repo(tmp_path)
+    monkeypatch.chdir(root)
+    assert cli.main(["build"]) == 0
+    assert (root / "README.md").exists()
+
+
+def test_usage_errors_exit_two(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["no-such-command"]) == 2
+    assert cli.main(["check", "--no-such-option"]) == 2
+
+
+def test_help_exits_zero(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("check", "build", "import-markdown", "links", "new", "verify", "bibtex"):
+        assert command in out
+
+
+def test_a_missing_command_module_breaks_only_its_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("catalog.no_such_module", "add_arguments", "run", "missing"))
+    assert cli.main(["ghost"]) == 2
+    assert "catalog ghost: this command is unavailable (ModuleNotFoundError" in capsys.readouterr().err
+    root = make_repo(tmp_path)
+    assert cli.main(["build", "--root", str(root)]) == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00",
+        b"",
+        b"title: [\n",
+        b"- a\n- b\n",
+        b"\t- x\n",
+        b"year: 2022-13-45\n",
+        b"!!binary aGVsbG8=\n",
+        b"key: \x00\n",
+    ],
+)
+def test_bad_yaml_never_gives_a_traceback(tmp_path, content):
+    root = make_repo(tmp_path)
+    (root / "papers" / "beta.yaml").write_bytes(content)
+    for command in ("check", "build"):
+        result = run_module(command, "--root", str(root), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert result.stdout.startswith("papers/beta.yaml:")
+
+
+def test_console_entry_point_runs(tmp_path):
+    root = make_repo(tmp_path)
+    result = run_module("build", "--root", str(root), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "catalog build: wrote README.md, papers.bib (4 papers)" in result.stderr
