@@ -1,0 +1,33 @@
+"""DeFeat workloads: decoupled feature imitation over P2-P6 (as the official config), and RoI KD."""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses.defeat import defeat_multilevel_loss, defeat_roi_kd_loss
+from . import BenchCase
+
+
+def _make_feature(device, dtype, levels, gt_boxes, image_size, channels=256):
+    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
+    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    strides = tuple(2 ** (2 + i) for i in range(len(levels)))  # P2-P6 on the padded input
+
+    def run():
+        return defeat_multilevel_loss(student, teacher, gt_boxes, strides=strides)
+
+    return run
+
+
+def _make_roi(device, dtype, levels, gt_boxes, image_size, num_rois=1024, num_classes=81):
+    student = torch.randn(num_rois, num_classes, device=device, dtype=dtype, requires_grad=True)
+    teacher = torch.randn(num_rois, num_classes, device=device, dtype=dtype)
+    labels = torch.randint(0, num_classes, (num_rois,), device=device)
+
+    def run():
+        return defeat_roi_kd_loss(student, teacher, labels)
+
+    return run
+
+
+BENCH = [BenchCase("defeat", _make_feature), BenchCase("defeat_roi_kd", _make_roi)]

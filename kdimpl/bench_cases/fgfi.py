@@ -1,0 +1,36 @@
+"""FGFI workload: the imitation loss on every level, each with its own 3 anchors (FGFI itself is single-level)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses.fgfi import fgfi_loss, grid_anchors
+from . import BenchCase
+
+
+def level_anchors(levels, image_size, device, dtype=torch.float32):
+    """Per-level ``(H, W, 3, 4)`` anchors: base size 8 x stride, ratios 0.5/1/2 (mmdet-style RPN anchors)."""
+    anchors = []
+    for i, (h, w) in enumerate(levels):
+        stride = 2 ** (2 + i)  # P2-P6 on the padded input
+        size = 8 * stride
+        ratios = torch.tensor([0.5, 1.0, 2.0], device=device, dtype=dtype)
+        half_w, half_h = size / ratios.sqrt() / 2, size * ratios.sqrt() / 2
+        centre = stride / 2
+        base = torch.stack([centre - half_w, centre - half_h, centre + half_w, centre + half_h], dim=1)
+        anchors.append(grid_anchors(base, (h, w), stride))
+    return anchors
+
+
+def _make(device, dtype, levels, gt_boxes, image_size, channels=256):
+    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
+    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    anchors = level_anchors(levels, image_size, device)
+
+    def run():
+        return sum(fgfi_loss(s, t, gt_boxes, a) for s, t, a in zip(student, teacher, anchors))
+
+    return run
+
+
+BENCH = [BenchCase("fgfi", _make)]

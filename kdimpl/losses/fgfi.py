@@ -1,0 +1,240 @@
+"""Fine-grained feature imitation (FGFI), Wang et al., CVPR 2019."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import _tracing, check_boxes, check_feature_pair, check_reduction, check_unit_interval
+from .._dtypes import upcast
+from .._registry import register_loss
+from ..masks import pad_boxes
+
+__all__ = ["grid_anchors", "fgfi_imitation_mask", "fgfi_loss", "FGFILoss"]
+
+
+def grid_anchors(base_anchors: Tensor, feature_size: Sequence[int], stride: float) -> Tensor:
+    """Shift ``(A, 4)`` base anchors to every cell of a ``(H, W)`` map: ``(H, W, A, 4)`` xyxy pixels.
+
+    Cell ``(h, w)`` is shifted by ``(w * stride, h * stride)``, as in py-faster-rcnn's
+    ``_AnchorTargetLayer`` (the base anchors are centred on the first cell).
+
+    Example:
+        >>> import torch
+        >>> grid_anchors(torch.tensor([[-8.0, -8.0, 23.0, 23.0]]), (2, 3), 16).shape
+        torch.Size([2, 3, 1, 4])
+    """
+    height, width = feature_size
+    ys = torch.arange(height, device=base_anchors.device, dtype=base_anchors.dtype) * stride
+    xs = torch.arange(width, device=base_anchors.device, dtype=base_anchors.dtype) * stride
+    shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+    shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1)  # (H, W, 4)
+    return shifts[:, :, None, :] + base_anchors[None, None]
+
+
+def _check_grid_anchors(anchors: Tensor) -> None:
+    if _tracing():
+        return
+    if anchors.dim() != 4 or anchors.shape[-1] != 4:
+        raise ValueError(f"anchors must have shape (H, W, A, 4) in xyxy pixels, got {tuple(anchors.shape)}")
+    xs, ys = anchors[..., 0::2], anchors[..., 1::2]
+    if not (torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(ys, ys[:, :1].expand_as(ys))):
+        raise ValueError(
+            "anchors must form a grid: x1, x2 of anchor (h, w, a) may not depend on h, nor y1, y2 on w "
+            "(build them with grid_anchors)"
+        )
+
+
+def fgfi_imitation_mask(
+    gt_boxes: Sequence[Tensor] | Tensor, anchors: Tensor, *, psi: float = 0.5, valid: Tensor | None = None
+) -> Tensor:
+    r"""Fine-grained imitation mask ``(N, H, W)`` (FGFI, Sec. 3.1).
+
+    For each GT box :math:`g`, the IoU map :math:`m_g` with all :math:`H \times W \times A` anchors
+    gives the threshold :math:`F_g = \psi \max_{h,w,a} m_g`; a cell is imitated when some anchor
+    at it has IoU strictly above :math:`F_g` for some box:
+
+    .. math::
+        I_{h,w} = \bigvee_{g} \bigvee_{a} \big[ m_g(h, w, a) > \psi \max m_g \big]
+
+    Args:
+        gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels, or a padded ``(N, M, 4)`` tensor.
+        anchors: ``(H, W, A, 4)`` xyxy anchors in the same pixels (all of them, including those
+            crossing the image border, as the official code does), forming a grid: the x extent of
+            anchor ``(h, w, a)`` may not depend on ``h``, nor its y extent on ``w``
+            (:func:`grid_anchors` builds them; checked outside ``torch.compile``).
+        psi: threshold factor :math:`\psi` (0.5 in the paper and the official code).
+        valid: for padded boxes, ``(N, M)`` bool mask of real boxes.
+
+    Returns:
+        ``(N, H, W)`` float mask of 0/1 in the boxes' floating dtype (at least float32).
+
+    Notes:
+        IoUs use the pixel-inclusive ``+1`` width convention of py-faster-rcnn, so a point box
+        ``x1 == x2, y1 == y2`` is ignored. The official loop stops at the first all-zero GT row;
+        here padding is given by ``valid`` (or by the list lengths), so an all-zero real box is
+        treated like any other box. Vectorised over images, boxes and anchors without building the
+        ``(N, M, H, W, A)`` IoU map: the grid makes overlaps separable, and the cells passing the
+        threshold in each row form an interval found by binary search with the exact IoU test.
+        IoUs are bit-identical to the official ones when each anchor shape's width and height are
+        the same float at every cell (true for integer-valued anchors such as py-faster-rcnn's);
+        otherwise a cell lying exactly on the threshold may round the other way.
+
+    Example:
+        >>> import torch
+        >>> anchors = grid_anchors(torch.tensor([[-8.0, -8.0, 23.0, 23.0]]), (4, 6), 16)
+        >>> fgfi_imitation_mask([torch.tensor([[16.0, 16.0, 47.0, 40.0]])], anchors).shape
+        torch.Size([1, 4, 6])
+    """
+    check_unit_interval(psi, "psi")
+    boxes, valid = pad_boxes(gt_boxes, valid)
+    check_boxes(boxes, boxes.shape[0])
+    _check_grid_anchors(anchors)
+    dtype = torch.promote_types(boxes.dtype, torch.float32)
+    boxes = boxes.to(dtype)
+    anchors = anchors.to(device=boxes.device, dtype=dtype)
+    # Grid anchors make the overlap separable: widths depend on (w, a), heights on (h, a).
+    # Widths use the pixel-inclusive +1 of py-faster-rcnn's bbox_overlaps_batch, with the same
+    # operation order so that IoUs (and thus ties with the threshold) are bit-identical.
+    ax1, ax2 = anchors[0, :, :, 0].T, anchors[0, :, :, 2].T  # (A, W)
+    ay1, ay2 = anchors[:, 0, :, 1].T, anchors[:, 0, :, 3].T  # (A, H)
+    bx1, by1, bx2, by2 = (boxes[..., k, None, None] for k in range(4))  # (N, M, 1, 1)
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1) + 1).clamp(min=0)  # (N, M, A, W)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1) + 1).clamp(min=0)  # (N, M, A, H)
+    gw = boxes[..., 2] - boxes[..., 0] + 1
+    gh = boxes[..., 3] - boxes[..., 1] + 1
+    # all anchors of one shape have the same area, so the union's constant part is (N, M, A)
+    areas = ((ax2[:, 0] - ax1[:, 0] + 1) * (ay2[:, 0] - ay1[:, 0] + 1)) + (gw * gh)[..., None]
+    # IoU grows with the intersection at fixed areas, and max(iw * ih) = max(iw) * max(ih):
+    # the best anchor of each shape comes from the 1-D maxima, no full IoU map needed
+    best_inter = iw.amax(dim=3) * ih.amax(dim=3)  # (N, M, A)
+    best_iou = (best_inter / (areas - best_inter)).amax(dim=2)  # (N, M)
+    # a point GT has IoU 0 everywhere in the official code, so it never passes the threshold
+    real = valid & ~((gw == 1) & (gh == 1))
+    threshold = torch.where(real, psi * best_iou, torch.full_like(best_iou, float("inf")))
+    # For one (image, box, shape, row h) the IoU along the row only depends on iw[w], which rises,
+    # plateaus and falls with w, and grows with it: the cells above the threshold form one interval
+    # around the peak. Find its ends by binary search with the exact IoU test (same float
+    # operations as the official code, so ties go the same way), then paint the intervals.
+    width = iw.shape[-1]
+    peak = iw.argmax(dim=3, keepdim=True).expand_as(ih)  # (N, M, A, H)
+
+    def passes(w: Tensor) -> Tensor:
+        inter = iw.gather(3, w.clamp(0, width - 1)) * ih
+        return inter / (areas[..., None] - inter) > threshold[..., None, None]
+
+    steps = max(width, 1).bit_length()
+    lo, hi = torch.zeros_like(peak), peak + 1  # first passing cell in [0, peak], peak + 1 if none
+    for _ in range(steps):
+        mid = (lo + hi) // 2
+        ok = passes(mid) & (mid < hi)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok | (mid >= hi), lo, mid + 1)
+    first = lo
+    lo, hi = peak.clone(), torch.full_like(peak, width)  # first failing cell in [peak, W), W if none
+    for _ in range(steps):
+        mid = (lo + hi) // 2
+        fail = ~passes(mid) & (mid < hi)
+        hi = torch.where(fail, mid, hi)
+        lo = torch.where(fail | (mid >= hi), lo, mid + 1)
+    last = lo - 1
+    painted = (first <= last).to(dtype)
+    batch, height = boxes.shape[0], ih.shape[-1]
+    starts = first.permute(0, 3, 1, 2).reshape(batch, height, -1)  # (N, H, M * A)
+    ends = (last + 1).clamp(max=width).permute(0, 3, 1, 2).reshape(batch, height, -1)
+    weight = painted.permute(0, 3, 1, 2).reshape(batch, height, -1)
+    edges = torch.zeros(batch, height, width + 1, dtype=dtype, device=boxes.device)
+    edges = edges.scatter_add(2, starts.clamp(max=width), weight).scatter_add(2, ends, -weight)
+    return (edges[..., :width].cumsum(dim=2) > 0.5).to(dtype)
+
+
+def fgfi_loss(
+    student: Tensor,
+    teacher: Tensor,
+    gt_boxes: Sequence[Tensor] | Tensor,
+    anchors: Tensor,
+    *,
+    psi: float = 0.5,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""FGFI imitation loss: squared error on the cells near objects (Wang et al., Sec. 3).
+
+    .. math::
+        L_{imitation} = \frac{1}{2 N_p} \sum_{i=1}^{W} \sum_{j=1}^{H} \sum_{c=1}^{C}
+            I_{ij} \big( f_{adap}(s)_{ijc} - t_{ijc} \big)^2, \qquad N_p = \sum_{i,j} I_{ij}
+
+    with :math:`I` from :func:`fgfi_imitation_mask`, summed (and :math:`N_p` counted) over the batch.
+
+    Args:
+        student: adapted student features :math:`f_{adap}(s)` (apply :class:`kdimpl.FGFIAdapter`
+            first; the paper uses it even when channels match).
+        teacher: teacher features of the same shape (detached inside).
+        gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels (or padded ``(N, M, 4)``).
+        anchors: ``(H, W, A, 4)`` anchors of this feature map in pixels (:func:`grid_anchors`).
+        psi: threshold factor :math:`\psi` (default 0.5).
+        reduction: ``'mean'``: the paper's and official normalisation, the masked sum divided by
+            :math:`2 N_p` (positions, not positions x channels; :math:`N_p` clamped to >= 1);
+            ``'sum'``: the masked sum (no 1/2); ``'none'``: the ``(N, H, W)`` masked per-cell sums
+            over channels.
+
+    Shape:
+        - student, teacher: :math:`(N, C, H, W)`; anchors :math:`(H, W, A, 4)`
+        - output: scalar, or :math:`(N, H, W)` with ``reduction='none'``
+
+    Reference:
+        Tao Wang, Li Yuan, Xiaopeng Zhang, Jiashi Feng. "Distilling Object Detectors with
+        Fine-grained Feature Imitation". CVPR 2019. arXiv:1906.03609.
+        Official code: twangnh/Distilling-Object-Detectors@c6583f3
+        (``lib/model/rpn/anchor_target_layer.py`` mask, ``trainval_net_sup.py`` loss).
+
+    Notes:
+        With no box in the batch the official code divides 0 by 0 (NaN); here the count is
+        clamped to 1 and the loss is 0. The official code supports batch size 1 only; the mask
+        and normaliser here follow its expressions for any batch (one :math:`N_p` for the batch).
+        The training recipe (weight 0.01, imitation off for the first 400 iterations) is left
+        to the caller.
+
+    Example:
+        >>> import torch
+        >>> anchors = grid_anchors(torch.tensor([[-8.0, -8.0, 23.0, 23.0]]), (4, 6), 16)
+        >>> s, t = torch.randn(1, 8, 4, 6), torch.randn(1, 8, 4, 6)
+        >>> fgfi_loss(s, t, [torch.tensor([[16.0, 16.0, 47.0, 40.0]])], anchors).shape
+        torch.Size([])
+    """
+    check_feature_pair(student, teacher)
+    check_reduction(reduction)
+    if not _tracing() and anchors.dim() == 4 and tuple(anchors.shape[:2]) != tuple(student.shape[2:]):
+        raise ValueError(
+            f"anchors cover a {tuple(anchors.shape[:2])} grid but the features are {tuple(student.shape[2:])}"
+        )
+    mask = fgfi_imitation_mask(gt_boxes, anchors, psi=psi)
+    s = upcast(student)
+    t = upcast(teacher.detach())
+    per_cell = (s - t).pow(2).sum(dim=1) * mask.to(s.dtype)  # (N, H, W)
+    if reduction == "none":
+        return per_cell.to(student.dtype)
+    total = per_cell.sum()
+    if reduction == "mean":
+        total = total / (2 * mask.sum().clamp(min=1).to(s.dtype))
+    return total.to(student.dtype)
+
+
+@register_loss("fgfi", function=fgfi_loss)
+class FGFILoss(nn.Module):
+    """Module twin of :func:`fgfi_loss`; ``loss_weight`` multiplies the result (the paper uses 0.01)."""
+
+    def __init__(self, *, psi: float = 0.5, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+        super().__init__()
+        check_unit_interval(psi, "psi")
+        check_reduction(reduction)
+        self.psi = psi
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def forward(self, student: Tensor, teacher: Tensor, gt_boxes: Sequence[Tensor] | Tensor, anchors: Tensor) -> Tensor:
+        return self.loss_weight * fgfi_loss(student, teacher, gt_boxes, anchors, psi=self.psi, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"psi={self.psi}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"

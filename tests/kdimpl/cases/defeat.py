@@ -1,0 +1,27 @@
+import torch
+
+from . import LossCase, feature_pair, random_boxes
+
+STRIDE = 8
+
+
+def _features(generator, device, dtype, *, batch, height, width, num_boxes):
+    image_size = (height * STRIDE, width * STRIDE)
+    student, teacher = feature_pair(generator, device, dtype, batch, 4, height, width)
+    boxes = [random_boxes(generator, num_boxes, image_size, device) for _ in range(batch)]
+    return (student, teacher), {"gt_boxes": boxes}
+
+
+def _roi_logits(generator, device, dtype, *, batch, height, width, num_boxes):
+    num_rois, num_classes = 8 * batch, 5
+    student = torch.randn(num_rois, num_classes, generator=generator)
+    teacher = 0.5 * student + torch.randn(num_rois, num_classes, generator=generator)
+    labels = torch.randint(0, num_classes, (num_rois,), generator=generator)
+    labels[0], labels[1] = num_classes - 1, 0  # both foreground and background RoIs
+    return (student.to(device, dtype), teacher.to(device, dtype), labels.to(device)), {}
+
+
+CASES = [
+    LossCase("defeat", _features, options={"level": 0, "strides": (STRIDE, 2 * STRIDE)}),
+    LossCase("defeat_roi_kd", _roi_logits, options={"temperature": 2.0}, uses_boxes=False),
+]

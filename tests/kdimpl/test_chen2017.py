@@ -1,0 +1,97 @@
+"""Chen et al. 2017: analytic checks (no official code exists)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+
+from kdimpl.losses.chen2017 import (  # noqa: E402
+    chen2017_bounded_regression_loss,
+    chen2017_hint_loss,
+    chen2017_soft_ce_loss,
+)
+
+
+def test_hint_with_identity_adaptation_is_squared_l2():
+    student, teacher = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(chen2017_hint_loss(student, teacher, reduction="sum"), ((student - teacher) ** 2).sum())
+    torch.testing.assert_close(chen2017_hint_loss(student, teacher), F.mse_loss(student, teacher))
+
+
+def test_soft_ce_with_unit_weights_is_soft_target_cross_entropy():
+    student, teacher = torch.randn(7, 4), torch.randn(7, 4)
+    expected = -(F.softmax(teacher, 1) * F.log_softmax(student, 1)).sum(1).mean()
+    actual = chen2017_soft_ce_loss(student, teacher, background_weight=1.0)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_background_weight_scales_only_the_background_column():
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    p_t, log_p_s = F.softmax(teacher, 1), F.log_softmax(student, 1)
+    for index in (0, -1):
+        expected = -(p_t * log_p_s).sum(1) - 0.5 * p_t[:, index] * log_p_s[:, index]
+        kwargs = dict(background_weight=1.5, background_index=index, reduction="none")
+        actual = chen2017_soft_ce_loss(student, teacher, **kwargs)
+        torch.testing.assert_close(actual, expected)
+
+
+def test_temperature_softens_both_distributions():
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    expected = -(F.softmax(teacher / 3, 1) * F.log_softmax(student / 3, 1)).sum(1).mean()
+    actual = chen2017_soft_ce_loss(student, teacher, temperature=3.0, background_weight=1.0)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_soft_ce_gradient_equals_kl_gradient():
+    student, teacher = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
+    chen2017_soft_ce_loss(student, teacher, background_weight=1.0).backward()
+    grad_ce = student.grad.clone()
+    student.grad = None
+    F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean").backward()
+    torch.testing.assert_close(grad_ce, student.grad)
+
+
+def test_class_weights_override_and_are_validated():
+    student, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    weights = torch.tensor([0.0, 2.0, 0.0])
+    expected = -(2.0 * F.softmax(teacher, 1)[:, 1] * F.log_softmax(student, 1)[:, 1]).mean()
+    torch.testing.assert_close(chen2017_soft_ce_loss(student, teacher, class_weights=weights), expected)
+    with pytest.raises(ValueError, match="class_weights"):
+        chen2017_soft_ce_loss(student, teacher, class_weights=torch.ones(2))
+
+
+def test_bounded_regression_gate_cases():
+    target = torch.zeros(4, 4)
+    teacher = torch.full((4, 4), 0.5)  # teacher error 1.0 on every sample
+    student = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0],  # error 1.0 == teacher: gated off at margin 0, on with a margin
+            [2.0, 0.0, 0.0, 0.0],  # error 4.0: worse than the teacher
+            [0.5, 0.0, 0.0, 0.0],  # error 0.25: better than the teacher
+            [0.9, 0.0, 0.0, 0.0],  # error 0.81: better, but within a 0.5 margin
+        ]
+    )
+    none = chen2017_bounded_regression_loss(student, teacher, target, reduction="none")
+    torch.testing.assert_close(none, torch.tensor([0.0, 4.0, 0.0, 0.0]))
+    with_margin = chen2017_bounded_regression_loss(student, teacher, target, margin=0.5, reduction="none")
+    torch.testing.assert_close(with_margin, torch.tensor([1.0, 4.0, 0.0, 0.81]))
+    mean = chen2017_bounded_regression_loss(student, teacher, target, margin=0.5)
+    torch.testing.assert_close(mean, torch.tensor((1.0 + 4.0 + 0.81) / 4))
+
+
+def test_bounded_regression_gradient_and_weights():
+    target = torch.zeros(3, 4)
+    teacher = torch.zeros(3, 4)  # perfect teacher: every sample is gated on
+    student = torch.randn(3, 4, requires_grad=True)
+    weight = torch.tensor([1.0, 0.0, 1.0])
+    chen2017_bounded_regression_loss(student, teacher, target, weight=weight, reduction="sum").backward()
+    expected = 2 * student.detach() * weight[:, None]
+    torch.testing.assert_close(student.grad, expected)
+
+
+def test_bounded_regression_shape_mismatch_is_rejected():
+    with pytest.raises(ValueError, match="target"):
+        chen2017_bounded_regression_loss(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 5))
