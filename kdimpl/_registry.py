@@ -27,12 +27,18 @@ class LossEntry:
 _REGISTRY: dict[str, LossEntry] = {}
 
 
+def _qualified(obj: type) -> str:
+    return f"{obj.__module__.rpartition('.')[2]}.{obj.__qualname__}"
+
+
 def register_loss(name: str, *, function: Callable[..., Any]):
     """Class decorator that registers an ``nn.Module`` loss and its functional twin under ``name``."""
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name].module is not cls:
-            raise ValueError(f"loss name {name!r} is already registered by {_REGISTRY[name].module.__qualname__}")
+        existing = _REGISTRY.get(name)
+        # A module imported twice (importlib.reload, doctest collection by path) re-registers the same class.
+        if existing is not None and _qualified(existing.module) != _qualified(cls):
+            raise ValueError(f"loss name {name!r} is already registered by {_qualified(existing.module)}")
         _REGISTRY[name] = LossEntry(name, cls, function)
         return cls
 

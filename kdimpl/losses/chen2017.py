@@ -1,9 +1,15 @@
-"""Chen et al., NeurIPS 2017: hint, weighted soft cross-entropy and teacher-bounded regression losses.
+r"""Chen et al., NeurIPS 2017: hint, weighted soft cross-entropy and teacher-bounded regression losses.
 
-No official code exists. Verification level: unverified. The paper's full text could not be read
-here; the losses follow its abstract, quoted passages (teacher-bounded regression as an upper bound
-on the student's error, no temperature working best) and secondary descriptions of its equations.
-Each Notes section lists what could not be checked.
+No official code exists. Verification level: unverified. The paper's method section (Sec. 3) could
+not be read from a primary copy here (only its abstract and introduction were reachable). The
+equations were instead cross-checked symbol by symbol against two independent LaTeX transcriptions
+of Sec. 3 in third-party reading notes (a Chinese KD-paper survey note and a Chinese per-paper note,
+both found on GitHub) which agree with each other: overall loss
+:math:`L = L_{RPN} + L_{RCN} + \gamma L_{Hint}` with :math:`\frac{1}{N}` / :math:`\frac{1}{M}`
+averages, :math:`L_{cls} = \mu L_{hard} + (1-\mu) L_{soft}`, :math:`L_{soft} = -\sum w_c P_t \log P_s`
+with :math:`P = \operatorname{softmax}(Z/T)`, the margin-gated bounded loss :math:`L_b`,
+:math:`L_{reg} = L_{sL1} + \nu L_b`, and :math:`L_{Hint}` as squared L2 or L1. Values quoted only
+by secondary sources (:math:`w_{bg} = 1.5` on PASCAL, :math:`T = 1`) are marked as such.
 """
 
 from __future__ import annotations
@@ -26,21 +32,25 @@ __all__ = [
     "Chen2017BoundedRegressionLoss",
 ]
 
-def chen2017_hint_loss(student: Tensor, teacher: Tensor, *, reduction: str = "mean") -> Tensor:
-    r"""Hint loss: squared L2 distance between the adapted student layer and the teacher's hint layer.
+def chen2017_hint_loss(
+    student: Tensor, teacher: Tensor, *, norm: str = "l2", reduction: str = "mean"
+) -> Tensor:
+    r"""Hint loss (Sec. 3.4): distance between the adapted student layer and the teacher's hint layer.
 
     .. math::
-        L_{Hint}(V, Z) = \lVert V - Z \rVert_2^2
+        L_{Hint}(V, Z) = \lVert V - Z \rVert_2^2 \quad\text{or}\quad L_{Hint}(V, Z) = \lVert V - Z \rVert_1
 
     where :math:`V` is the student's guided layer after the adaptation layer and :math:`Z` the
-    teacher's hint layer.
+    teacher's hint layer; the paper gives both the squared-L2 and the L1 form.
 
     Args:
         student: adapted student features :math:`V` (apply an adaptation layer such as
             :class:`kdimpl.ChannelAdapter` first; the paper finds one helps even when channels match).
         teacher: teacher hint features :math:`Z` of the same shape (detached inside).
-        reduction: ``'sum'``: the paper's :math:`\lVert V - Z\rVert_2^2`; ``'mean'``: that sum divided
-            by the number of elements (scale-free across feature sizes); ``'none'``: element-wise.
+        norm: ``'l2'`` (default): squared L2 :math:`(V - Z)^2`; ``'l1'``: :math:`|V - Z|`.
+        reduction: ``'sum'``: the paper's :math:`\lVert V - Z\rVert_2^2` (or :math:`\lVert V - Z\rVert_1`);
+            ``'mean'``: that sum divided by the number of elements (scale-free across feature
+            sizes); ``'none'``: element-wise.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)` (any shape works as long as both match)
@@ -57,11 +67,20 @@ def chen2017_hint_loss(student: Tensor, teacher: Tensor, *, reduction: str = "me
         >>> import torch
         >>> chen2017_hint_loss(torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), reduction="sum")
         tensor(24.)
+        >>> chen2017_hint_loss(torch.full((1, 2), 3.0), torch.zeros(1, 2), norm="l1", reduction="sum")
+        tensor(6.)
     """
     check_feature_pair(student, teacher, ndim=None, dims="")
     check_reduction(reduction)
-    err = (upcast(student) - upcast(teacher.detach())).pow(2)
+    _check_norm(norm)
+    diff = upcast(student) - upcast(teacher.detach())
+    err = diff.pow(2) if norm == "l2" else diff.abs()
     return reduce_loss(err, reduction).to(student.dtype)
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
 
 
 def chen2017_soft_ce_loss(
@@ -74,7 +93,7 @@ def chen2017_soft_ce_loss(
     class_weights: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
-    r"""Class-weighted soft cross-entropy between teacher and student class distributions.
+    r"""Class-weighted soft cross-entropy between teacher and student class distributions (Sec. 3.2).
 
     .. math::
         L_{soft}(P_s, P_t) = -\sum_c w_c\, P_t^{(c)} \log P_s^{(c)}, \qquad
@@ -104,8 +123,9 @@ def chen2017_soft_ce_loss(
     Notes:
         This is soft-target cross-entropy, not KL: it is not zero when the distributions match
         (it equals the weighted teacher entropy) but its gradient equals that of the weighted KL.
-        No :math:`T^2` factor is applied. For the RPN the two classes are {background, object}.
-        :math:`w_{bg} = 1.5` comes from secondary descriptions of the paper (unverified).
+        No :math:`T^2` factor is applied (the transcribed equations have none). For the RPN the two
+        classes are {background, object}. :math:`w_{bg} = 1.5` (PASCAL) and :math:`T = 1` come from
+        secondary descriptions of the paper's text (unverified).
 
     Example:
         >>> import torch
@@ -146,7 +166,7 @@ def chen2017_bounded_regression_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
-    r"""Teacher-bounded regression loss: L2 to the ground truth while the student is not better than the teacher.
+    r"""Teacher-bounded regression loss (Sec. 3.3): student L2 error, gated by the teacher's error.
 
     .. math::
         L_b(R_s, R_t, y) =
@@ -179,8 +199,9 @@ def chen2017_bounded_regression_loss(
         Chen et al., NeurIPS 2017 (teacher bounded regression loss).
 
     Notes:
-        The student is judged against the teacher per sample; the paper does not give a default
-        margin, so set ``margin`` from your own tuning.
+        The gate is a strict inequality, as transcribed: a student whose error plus :math:`m` equals
+        the teacher's error gets no loss. The student is judged against the teacher per sample; no
+        value of :math:`m` was found in the sources read, so set ``margin`` from your own tuning.
 
     Example:
         >>> import torch
@@ -214,17 +235,19 @@ class Chen2017HintLoss(nn.Module):
     ``loss_weight`` plays the paper's :math:`\\gamma` (reported as 0.5; unverified).
     """
 
-    def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+    def __init__(self, *, norm: str = "l2", reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__()
+        _check_norm(norm)
         check_reduction(reduction)
+        self.norm = norm
         self.reduction = reduction
         self.loss_weight = loss_weight
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.loss_weight * chen2017_hint_loss(student, teacher, reduction=self.reduction)
+        return self.loss_weight * chen2017_hint_loss(student, teacher, norm=self.norm, reduction=self.reduction)
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        return f"norm={self.norm!r}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
 
 
 @register_loss("chen2017_soft_ce", function=chen2017_soft_ce_loss)

@@ -1,7 +1,12 @@
-"""Mimic, Li, Jin and Yan, CVPR 2017: feature mimicking restricted to region proposals.
+r"""Mimic, Li, Jin and Yan, CVPR 2017: feature mimicking restricted to region proposals.
 
-No official code exists. Verification level: unverified. The paper's full text could not be read
-here; the loss follows its abstract and secondary descriptions of its mimic loss.
+No official code exists. Verification level: unverified. No primary copy of the paper's text could
+be read here (CVF open access is not reachable; stored pages hold only its title or summaries). The
+loss was cross-checked against a third-party LaTeX transcription of Sec. 3 (a Chinese KD-paper
+survey note on GitHub), which agrees with the docstring below: total loss
+:math:`\lambda_1 L_m + L_{gt}`, first an SPP-pooled :math:`\frac{1}{2N}\sum_i\lVert u^{(i)} - r(v^{(i)})\rVert_2^2`,
+then the size-normalised form without SPP that divides each proposal's term by :math:`m_i`.
+What :math:`m_i` counts (cells only, or cells x channels) is not settled by the secondary sources.
 """
 
 from __future__ import annotations
@@ -78,7 +83,9 @@ def mimic_loss(
         cells it overlaps (:func:`mimic_region_bounds`), which keeps the paper's variable
         :math:`m_i`. The crop is a per-proposal box mask over the map (no torchvision, no loop
         over proposals), evaluated as two matmuls since a box is a row band times a column band.
-        Proposals come from the student's RPN in the paper.
+        Proposals come from the student's RPN in the paper. :math:`m_i` is taken as cells x channels
+        (the element count of the cropped region); a secondary note leaves open whether the paper
+        divides by cells only, which would scale every term by :math:`C` (absorbed by ``loss_weight``).
 
     Example:
         >>> import torch

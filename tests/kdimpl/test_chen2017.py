@@ -95,3 +95,44 @@ def test_bounded_regression_gradient_and_weights():
 def test_bounded_regression_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="target"):
         chen2017_bounded_regression_loss(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 5))
+
+
+# Equation-tied checks (equations as transcribed from Sec. 3; see the module docstring).
+
+
+def test_hint_l1_form_is_absolute_distance():
+    student, teacher = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(
+        chen2017_hint_loss(student, teacher, norm="l1", reduction="sum"), (student - teacher).abs().sum()
+    )
+    torch.testing.assert_close(chen2017_hint_loss(student, teacher, norm="l1"), F.l1_loss(student, teacher))
+    with pytest.raises(ValueError, match="norm"):
+        chen2017_hint_loss(student, teacher, norm="l3")
+
+
+def test_hint_module_forwards_norm():
+    from kdimpl.losses.chen2017 import Chen2017HintLoss
+
+    student, teacher = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3)
+    module = Chen2017HintLoss(norm="l1", reduction="sum", loss_weight=0.5)
+    torch.testing.assert_close(module(student, teacher), 0.5 * (student - teacher).abs().sum())
+
+
+def test_weighted_soft_ce_hand_computed():
+    # Two classes (background first), teacher probabilities (0.8, 0.2), student (0.5, 0.5):
+    # L_soft = -(1.5 * 0.8 * log 0.5 + 1 * 0.2 * log 0.5) = 1.4 * log 2.
+    teacher = torch.log(torch.tensor([[0.8, 0.2]]))
+    student = torch.zeros(1, 2)
+    expected = torch.tensor(1.4 * torch.log(torch.tensor(2.0)).item())
+    torch.testing.assert_close(chen2017_soft_ce_loss(student, teacher, background_weight=1.5), expected)
+
+
+def test_bounded_gate_is_strict_inequality():
+    # ||R_s - y||^2 + m > ||R_t - y||^2 switches the loss on; equality leaves it off.
+    target = torch.zeros(2, 2)
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # teacher error 1.0
+    student = torch.tensor([[0.5, 0.0], [0.5, 0.0]])  # student error 0.25
+    none = chen2017_bounded_regression_loss(student, teacher, target, margin=0.75, reduction="none")
+    torch.testing.assert_close(none, torch.zeros(2))  # 0.25 + 0.75 == 1.0: not strictly greater
+    on = chen2017_bounded_regression_loss(student, teacher, target, margin=0.76, reduction="none")
+    torch.testing.assert_close(on, torch.full((2,), 0.25))
