@@ -1,0 +1,226 @@
+"""FKD: parity with mmrazor's port of the released code (open-mmlab/mmrazor@90c7af1), analytic checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kdimpl.adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
+from kdimpl.losses.fkd import FKDLoss, fkd_attention_masks, fkd_loss
+
+from .cases.fkd import identity_adapters
+
+FIXTURE = Path(__file__).parent / "fixtures" / "fkd" / "mmrazor_fbkd.pt"
+TERMS = ["term_mask_l2_weight", "term_channel_weight", "term_spatial_weight", "term_nonloacl_weight"]
+NON_LOCAL_KEYS = {
+    "theta.conv.": "theta.",
+    "phi.0.0.conv.": "phi.",
+    "g.0.0.conv.": "g.",
+    "conv_out.conv.": "out.",
+    "conv_out.bn.": "norm.",
+}
+STUDENT_KEYS = {
+    "adaptation_layers.": "feature.",
+    "channel_wise_adaptation.": "channel.",
+    "spatial_wise_adaptation.": "spatial.",
+    "non_local_adaptation.": "relation.",
+}
+
+
+def rename(state, mapping, prefix=""):
+    out = {}
+    for key, value in state.items():
+        for old, new in mapping.items():
+            if key.startswith(prefix + old):
+                out[new + key[len(prefix + old) :]] = value
+    return out
+
+
+def from_mmrazor(state):
+    """Our adapters carrying the weights of mmrazor's connectors (sub_sample=True, maxpool_stride=2 -> pool 4)."""
+    channels = state["student"]["adaptation_layers.weight"].shape[0]
+    adapter, teacher_block = FKDStudentAdapter(channels, 2, pool=4), NonLocalBlock2d(channels, 2, pool=4)
+    student_state = rename(state["student"], STUDENT_KEYS)
+    student_state.update(
+        {"non_local." + k: v for k, v in rename(state["student"], NON_LOCAL_KEYS, "student_non_local.").items()}
+    )
+    adapter.load_state_dict(student_state)
+    teacher_block.load_state_dict(rename(state["teacher"], NON_LOCAL_KEYS, "teacher_non_local."))
+    return adapter, teacher_block
+
+
+def to_mmrazor_name(name, side):
+    if side == "teacher":
+        return (
+            "teacher_non_local."
+            + {v: k for k, v in NON_LOCAL_KEYS.items()}[name.split(".")[0] + "."]
+            + name.split(".", 1)[1]
+        )
+    head, rest = name.split(".", 1)
+    if head == "non_local":
+        inner, leaf = rest.split(".", 1)
+        return "student_non_local." + {v: k for k, v in NON_LOCAL_KEYS.items()}[inner + "."] + leaf
+    return {v: k for k, v in STUDENT_KEYS.items()}[head + "."] + rest
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return torch.load(FIXTURE)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_parity_with_mmrazor_fbkd(fixture, mode):
+    reference = fixture[mode]
+    adapter, teacher_block = from_mmrazor(fixture["state_dict"])
+    adapter.train(mode == "train"), teacher_block.train(mode == "train")
+    student = fixture["student"].clone().requires_grad_(True)
+    loss = fkd_loss(student, fixture["teacher"], student_adapter=adapter, teacher_non_local=teacher_block)
+    loss.backward()
+    torch.testing.assert_close(loss, reference["total"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(student.grad, reference["student_grad"], rtol=1e-5, atol=1e-8)
+    for side, module, grads in (
+        ("student", adapter, "student_param_grads"),
+        ("teacher", teacher_block, "teacher_param_grads"),
+    ):
+        for name, param in module.named_parameters():
+            torch.testing.assert_close(param.grad, reference[grads][to_mmrazor_name(name, side)], rtol=1e-4, atol=1e-9)
+
+    adapter, teacher_block = from_mmrazor(fixture["state_dict"])  # fresh BN statistics
+    adapter.train(mode == "train"), teacher_block.train(mode == "train")
+    with torch.no_grad():
+        terms = fkd_loss(
+            fixture["student"],
+            fixture["teacher"],
+            student_adapter=adapter,
+            teacher_non_local=teacher_block,
+            reduction="none",
+        )
+        torch.testing.assert_close(terms, torch.stack([reference[k] for k in TERMS]), rtol=1e-5, atol=0)
+        masked = fkd_loss(
+            fixture["student"],
+            fixture["teacher"],
+            student_adapter=adapter,
+            teacher_non_local=teacher_block,
+            use_channel_mask=True,
+            reduction="none",
+        )
+    torch.testing.assert_close(masked[0], reference["feature_with_channel_mask"], rtol=1e-5, atol=0)
+
+
+def naive_non_local(block, x):
+    """The textbook order: an (HW x K) affinity matrix, then the weighted sum of values."""
+    n, _, h, w = x.shape
+    theta = block.theta(x).flatten(2).transpose(1, 2)  # (N, HW, C')
+    phi = torch.nn.functional.max_pool2d(block.phi(x), block.pool).flatten(2)  # (N, C', K)
+    g = torch.nn.functional.max_pool2d(block.g(x), block.pool).flatten(2).transpose(1, 2)  # (N, K, C')
+    affinity = theta @ phi / phi.shape[-1]
+    y = (affinity @ g).transpose(1, 2).reshape(n, -1, h, w)
+    return x + block.norm(block.out(y))
+
+
+def test_non_local_block_equals_the_affinity_form():
+    torch.manual_seed(0)
+    block = NonLocalBlock2d(8, reduction=2, pool=2).double().eval()
+    with torch.no_grad():
+        block.norm.weight.normal_()
+        block.norm.bias.normal_()
+    x = torch.randn(2, 8, 7, 11, dtype=torch.float64)  # odd sizes: pooling floors
+    torch.testing.assert_close(block(x), naive_non_local(block, x))
+
+
+def test_masks_are_detached_averages_that_sum_to_hw_and_c():
+    student = torch.randn(2, 5, 4, 6, requires_grad=True)
+    teacher = torch.randn(2, 5, 4, 6)
+    spatial, channel = fkd_attention_masks(student, teacher, 0.5)
+    assert not spatial.requires_grad and not channel.requires_grad
+    torch.testing.assert_close(spatial.sum(dim=(1, 2)), torch.full((2,), 24.0))
+    torch.testing.assert_close(channel.sum(dim=1), torch.full((2,), 5.0))
+
+
+def test_zero_terms_have_zero_gradient_not_infinite():
+    generator = torch.Generator().manual_seed(0)
+    adapter, teacher_block = identity_adapters(generator, "cpu", torch.float32)
+    teacher = torch.randn(2, 6, 4, 6, generator=generator)
+    student = teacher.clone().requires_grad_(True)
+    loss = fkd_loss(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block)
+    loss.backward()
+    assert loss == 0 and torch.isfinite(student.grad).all()
+
+
+def test_norms_by_hand():
+    # Identity adapters, teacher 0 and student c everywhere: masks are uniform (all ones), so
+    # feature = sqrt(N C H W c^2), channel = sqrt(N C c^2), spatial = sqrt(N H W c^2) (the 3x3 identity
+    # kernel keeps the constant map), non-local compares r(0) with r(c) through the same block.
+    generator = torch.Generator().manual_seed(0)
+    adapter, teacher_block = identity_adapters(generator, "cpu", torch.float64, channels=6)
+    c, shape = 0.5, (2, 6, 4, 6)
+    student, teacher = torch.full(shape, c, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    terms = fkd_loss(
+        student,
+        teacher,
+        student_adapter=adapter,
+        teacher_non_local=teacher_block,
+        feature_weight=1,
+        channel_weight=1,
+        spatial_weight=1,
+        non_local_weight=1,
+        reduction="none",
+    )
+    n, ch, h, w = shape
+    expected_non_local = (teacher_block(teacher) - teacher_block(student)).square().sum().sqrt()
+    expected = torch.stack(
+        [
+            torch.tensor(n * ch * h * w * c**2).sqrt(),
+            torch.tensor(n * ch * c**2).sqrt(),
+            torch.tensor(n * h * w * c**2).sqrt(),
+            expected_non_local,
+        ]
+    ).double()
+    torch.testing.assert_close(terms, expected)
+    torch.testing.assert_close(
+        fkd_loss(
+            student,
+            teacher,
+            student_adapter=adapter,
+            teacher_non_local=teacher_block,
+            feature_weight=1,
+            channel_weight=1,
+            spatial_weight=1,
+            non_local_weight=1,
+        ),
+        expected.sum(),
+    )
+
+
+def test_gradcheck_of_the_undetached_terms():
+    generator = torch.Generator().manual_seed(1)
+    adapter, teacher_block = identity_adapters(generator, "cpu", torch.float64, channels=4)
+    teacher = torch.randn(2, 4, 4, 6, generator=generator, dtype=torch.float64)
+    student = torch.randn(2, 4, 4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def fn(s):  # the masked feature term uses detached masks; check the three others exactly
+        return fkd_loss(s, teacher, student_adapter=adapter, teacher_non_local=teacher_block, feature_weight=0.0)
+
+    assert torch.autograd.gradcheck(fn, (student,), fast_mode=True)
+
+
+def test_teacher_block_trains_but_teacher_features_get_no_gradient():
+    student, teacher = torch.randn(2, 4, 8, 8, requires_grad=True), torch.randn(2, 4, 8, 8, requires_grad=True)
+    adapter, teacher_block = FKDStudentAdapter(4, pool=2), NonLocalBlock2d(4, pool=2)
+    with torch.no_grad():
+        teacher_block.norm.weight.fill_(1.0)
+    FKDLoss()(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block).backward()
+    assert teacher.grad is None
+    assert teacher_block.theta.weight.grad.abs().sum() > 0 and adapter.feature.weight.grad.abs().sum() > 0
+
+
+def test_missing_adapter_is_named():
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    with pytest.raises(ValueError, match="student_adapter"):
+        fkd_loss(s, t, student_adapter=None, teacher_non_local=NonLocalBlock2d(4))
+    with pytest.raises(ValueError, match="pool"):
+        NonLocalBlock2d(4, pool=0)
