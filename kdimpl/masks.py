@@ -38,6 +38,7 @@ def pad_boxes(gt_boxes: Sequence[Tensor] | Tensor, valid: Tensor | None = None) 
         return gt_boxes, valid
     if len(gt_boxes) == 0:
         raise ValueError("gt_boxes is empty: pass one (M_i, 4) tensor per image (M_i may be 0)")
+    check_boxes(gt_boxes, len(gt_boxes))
     counts = [b.shape[0] for b in gt_boxes]
     max_boxes = max(counts)
     ref = gt_boxes[0]
@@ -66,23 +67,29 @@ def scale_boxes_to_feature(boxes: Tensor, image_size: ImageSize, feature_size: S
     """Map ``(N, M, 4)`` pixel boxes to continuous feature-map coordinates (cells)."""
     img_h, img_w = _image_hw(image_size, boxes.shape[0], boxes)
     height, width = feature_size
-    scale = torch.stack([width / img_w, height / img_h, width / img_w, height / img_h], dim=-1)  # (N, 1, 4)
-    return boxes * scale
+    # Divide first, then multiply (x / img_w * W): the order of FGD's official code, exact when an edge
+    # falls on a cell boundary, where x * (W / img_w) can round up by one ulp and ceil adds a cell.
+    image = torch.stack([img_w, img_h, img_w, img_h], dim=-1)  # (N, 1, 4)
+    cells = boxes.new_tensor([width, height, width, height])
+    return boxes / image * cells
 
 
 def box_cell_bounds(boxes: Tensor, image_size: ImageSize, feature_size: Sequence[int]) -> Tensor:
     """Inclusive cell ranges ``(x0, y0, x1, y1)`` of each box: floor of the near edge, ceil of the far edge.
 
-    This is the covering used by FGD and FKD's official code: cells ``x0..x1`` and ``y0..y1``
-    inclusive, so a box always covers at least one cell and a box edge on a cell boundary
-    reaches one cell further. Bounds are clamped to the map.
+    Cells ``x0..x1`` and ``y0..y1`` are covered, so a box inside the map covers at least one cell
+    and an edge on a cell boundary reaches one cell further: the rounding of FGD's official code.
+    Unlike that code, ranges are clipped to the map, so a box reaching past the border covers
+    only its visible cells, and a box outside the map or inverted (``x2 < x1``) gets an empty
+    range (``x0 > x1`` or ``y0 > y1``). :mod:`kdimpl.losses.fgd` keeps FGD's exact semantics.
     """
     scaled = scale_boxes_to_feature(boxes, image_size, feature_size)
     height, width = feature_size
     x0, y0 = scaled[..., 0].floor(), scaled[..., 1].floor()
     x1, y1 = scaled[..., 2].ceil(), scaled[..., 3].ceil()
+    # Near edges clip to [0, size] and far edges to [-1, size - 1], so invisible boxes stay empty.
     return torch.stack(
-        [x0.clamp(0, width - 1), y0.clamp(0, height - 1), x1.clamp(0, width - 1), y1.clamp(0, height - 1)], dim=-1
+        [x0.clamp(0, width), y0.clamp(0, height), x1.clamp(-1, width - 1), y1.clamp(-1, height - 1)], dim=-1
     )
 
 
@@ -112,15 +119,15 @@ def inverse_area_mask(
 ) -> Tensor:
     """``(N, H, W)`` mask holding, per cell, the largest ``1 / area`` of the boxes covering it (0 elsewhere).
 
-    Areas are counted in cells of the :func:`box_cell_bounds` covering, so small boxes get
-    large weights (FGD, Eq. 4).
+    Areas are counted in visible cells of the :func:`box_cell_bounds` covering, so small boxes
+    get large weights (FGD, Eq. 4).
     """
     boxes, valid = pad_boxes(gt_boxes, valid)
     check_boxes(boxes, boxes.shape[0])
     bounds = box_cell_bounds(boxes, image_size, feature_size)
     masks = rasterize_boxes(bounds, valid, feature_size)
-    area = (bounds[..., 2] - bounds[..., 0] + 1) * (bounds[..., 3] - bounds[..., 1] + 1)
-    weights = masks.to(boxes.dtype) / area[..., None, None]
+    area = (bounds[..., 2] - bounds[..., 0] + 1).clamp(min=1) * (bounds[..., 3] - bounds[..., 1] + 1).clamp(min=1)
+    weights = masks.to(boxes.dtype) / area[..., None, None]  # empty boxes: 0 / 1
     if weights.shape[1] == 0:
         return weights.new_zeros((weights.shape[0], *feature_size))
     return weights.amax(dim=1)

@@ -148,30 +148,28 @@ def test_bad_inputs_are_rejected_with_the_argument_name():
 # kdimpl.losses.fgd uses its own bounds). strict=True: these start failing once fixed.
 
 
-@pytest.mark.xfail(
-    strict=True, reason="box_cell_bounds scales with x * (W / img_w); FGD uses x / img_w * W, which is exact here"
-)
 def test_scaled_edge_on_an_exact_integer():
     # 150 / 300 * 22 = 11 exactly, but 150 * (22 / 300) rounds to 11.000001 in float32 and ceil gives 12.
     bounds = masks.box_cell_bounds(torch.tensor([[[150.0, 90.0, 150.0, 90.0]]]), (180, 300), (14, 22))
     assert bounds.tolist() == [[[11.0, 7.0, 11.0, 7.0]]]
 
 
-@pytest.mark.xfail(strict=True, reason="inverse_area_mask divides 0 by a zero area for an inverted box: NaN everywhere")
 def test_inverted_box_is_empty_and_finite():
     inv = masks.inverse_area_mask([torch.tensor([[60.0, 10.0, 20.0, 50.0]])], (100, 100), (4, 4))
     assert torch.isfinite(inv).all() and inv.eq(0).all()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="pad_boxes copies before check_boxes runs: a (M, 5) list entry raises a bare RuntimeError"
-)
 def test_malformed_box_list_gets_a_clear_error():
     with pytest.raises(ValueError, match="gt_boxes"):
         masks.foreground_mask([torch.zeros(3, 5)], (40, 60), (5, 7))
 
 
-def test_box_outside_the_map_is_clamped_onto_the_border_cells():
-    # Documented clamping: unlike FGD's slicing (which covers nothing), the box lands on the last column.
-    inv = masks.inverse_area_mask([torch.tensor([[300.0, 0.0, 400.0, 50.0]])], (100, 100), (4, 4))
-    assert inv[0, :, 3].count_nonzero() == 3 and inv[0, :, :3].eq(0).all()
+def test_box_outside_the_map_covers_nothing():
+    inv = masks.inverse_area_mask([torch.tensor([[300.0, 0.0, 400.0, 50.0], [-80.0, 0.0, -30.0, 50.0]])], (100, 100), (4, 4))
+    assert inv.eq(0).all()
+
+
+def test_box_past_the_border_counts_only_visible_cells():
+    # cells 2..3 of 4 columns are visible (x from 60 to 140 on a 100-pixel image), rows 0..2
+    inv = masks.inverse_area_mask([torch.tensor([[60.0, 0.0, 140.0, 50.0]])], (100, 100), (4, 4))
+    assert inv[0, :3, 2:].eq(1 / 6).all() and inv.count_nonzero() == 6
