@@ -2,7 +2,13 @@
 
 Writes N synthetic papers (default 10,000) into a temporary repository (the real section tree,
 the real templates, a small fake ``kdimpl``), then runs ``build`` and ``check`` there in this
-process, exactly as the command line does, and prints the wall-clock time of each.
+process, exactly as the command line does, and prints the wall-clock and CPU time of each.
+
+``check`` right after ``build`` in one process reuses the results of files that did not change
+(see ``catalog.validate._reuse``), so the benchmark also runs ``python -m catalog build`` and
+``python -m catalog check`` as two separate processes (a contributor, then CI) and reports their
+CPU time (user + system, from the children's resource usage) and wall-clock time too.
+The machine's load average is printed: wall-clock times on a busy machine mean little.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from catalog import cli
-from catalog.validate import section_ids
+from catalog.validate import forget_earlier_results, section_ids
 
 _FAKE_KDIMPL = '''"""A stand-in for kdimpl (benchmark only)."""
 
@@ -89,28 +98,61 @@ def _timed(argv: list[str]) -> tuple[float, float, int, str]:
     return time.perf_counter() - start, time.process_time() - cpu, code, (out.getvalue() + err.getvalue())[-2000:]
 
 
+def _timed_process(argv: list[str]) -> tuple[float, float, int, str]:
+    """The same for ``python -m catalog ARGV`` in a child process (start-up and exit included)."""
+    import resource
+
+    env = dict(os.environ)
+    package_parent = str(Path(cli.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "catalog", *argv], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.returncode, (done.stdout + done.stderr)[-2000:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catalog.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=10_000, help="number of synthetic papers (default 10000)")
     parser.add_argument("--root", default=".", help="repository whose templates and section tree to use")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repository and print its path")
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the runs of `python -m catalog` in child processes"
+    )
     args = parser.parse_args(argv)
     temp = Path(tempfile.mkdtemp(prefix="catalog-bench-"))
     try:
         start = time.perf_counter()
         write_synthetic(temp, args.papers, Path(args.root))
         print(f"generated {args.papers} papers in {time.perf_counter() - start:.2f} s ({temp})")
-        build_s, build_cpu, build_rc, build_out = _timed(["build", "--root", str(temp)])
-        check_s, check_cpu, check_rc, check_out = _timed(["check", "--root", str(temp)])
-        for name, code, out in (("build", build_rc, build_out), ("check", check_rc, check_out)):
+        forget_earlier_results()
+        runs = {
+            "build": _timed(["build", "--root", str(temp)]),
+            "check": _timed(["check", "--root", str(temp)]),  # reuses what build read and rendered
+        }
+        forget_earlier_results()
+        if not args.in_process_only:
+            runs["python -m catalog build"] = _timed_process(["build", "--root", str(temp)])
+            runs["python -m catalog check"] = _timed_process(["check", "--root", str(temp)])
+        for name, (_wall, _cpu, code, out) in runs.items():
             if code != 0:
                 print(f"{name} failed (exit {code}):\n{out}")
                 return 1
-        print(f"build: {build_s:.2f} s wall, {build_cpu:.2f} s CPU")
-        print(f"check: {check_s:.2f} s wall, {check_cpu:.2f} s CPU")
-        print(
-            f"check + build: {build_s + check_s:.2f} s wall, {build_cpu + check_cpu:.2f} s CPU for {args.papers} papers"
-        )
+        for name, (wall, cpu, _code, _out) in runs.items():
+            print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU")
+        totals = [("check + build, one process", ("build", "check"))]
+        if not args.in_process_only:
+            totals.append(("check + build, two processes", ("python -m catalog build", "python -m catalog check")))
+        for label, names in totals:
+            wall = sum(runs[name][0] for name in names)
+            cpu = sum(runs[name][1] for name in names)
+            print(f"{label}: {wall:.2f} s wall, {cpu:.2f} s CPU for {args.papers} papers")
+        if hasattr(os, "getloadavg"):
+            load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+            print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
         return 0
     finally:
         if args.keep:

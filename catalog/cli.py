@@ -90,5 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     finally:
+        if _is_the_program():
+            # The process ends now, holding millions of objects (the catalog, the files kept for
+            # reuse); the collection that the interpreter runs at exit would traverse them all for
+            # nothing, about 0.3 s for 10,000 papers. Frozen objects are not traversed.
+            gc.freeze()
         if gc_was_enabled:
             gc.enable()
+
+
+def _is_the_program() -> bool:
+    """Whether this process is ``python -m catalog`` itself (not a test or a script calling main)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "catalog.__main__"

@@ -29,6 +29,9 @@ SECTIONS_FILE = "_sections.yaml"
 SCHEMA_DIR = Path(__file__).parent / "schema"
 DATA_DIR = Path(__file__).parent / "data"
 FILE_FIELD = "(file)"  # the ``field`` of problems that concern a whole file
+# What `python -m catalog new` writes where a person must decide ("TODO-section-id", "TODO: say...").
+PLACEHOLDER_RE = re.compile(r"TODO(?![A-Za-z0-9])")
+PLACEHOLDER_MESSAGE = "still a placeholder (TODO ...): fill it in"
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -65,6 +68,7 @@ class Document:
     node: yaml.Node | None = None
     problems: list[Problem] = field(default_factory=list)
     lines: dict[tuple, int] | None = None  # from the fast parser: position -> line
+    link_keys: list[str] | None = None  # set by validate.paper_problems for duplicate_problems
 
     def line(self, where: tuple = ()) -> int:
         """1-based line of the value at ``where`` (keys and indices), or of its deepest existing parent."""
@@ -115,6 +119,11 @@ def field_name(where: tuple) -> str:
 # libyaml, so the result is always what a YAML 1.1 safe loader gives.
 
 _FAST_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?:$| (.*)$)")
+# One line of the subset: indentation, an optional "- ", then "key:" / "key: value", or anything
+# else (a scalar item, a comment, nothing). findall() gives one tuple per line of the text.
+_FAST_LINE = re.compile(r"^( *)(- )?(?:([A-Za-z_][A-Za-z0-9_-]*):(?: (.*))?$|(.*)$)", re.MULTILINE)
+# A significant line (not blank, not a comment) that ends with a space.
+_TRAILING_SPACE = re.compile(r"^ *[^ #\n].* $", re.MULTILINE)
 _PLAIN_FIRST_BAD = frozenset("-?:,[]{}#&*!|>'\"%@` ")
 _SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
 _DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
@@ -122,6 +131,26 @@ _FAIL = object()
 _resolver = yaml.resolver.Resolver()
 _safe_constructor = yaml.constructor.SafeConstructor()
 _IMPLICIT_FIRST = frozenset(key for key in yaml.resolver.Resolver.yaml_implicit_resolvers if key)
+_implicit: dict[str, object] = {}  # short plain scalars that may have an implicit type -> their value
+
+
+def _implicit_value(raw: str):
+    """A plain scalar whose first character starts some implicit type (int, bool, null, date...)."""
+    value = _implicit.get(raw, _FAIL)
+    if value is not _FAIL:
+        return value
+    tag = _resolver.resolve(yaml.ScalarNode, raw, (True, False))
+    if tag == _STR_TAG:
+        value = raw
+    else:
+        try:
+            construct = yaml.constructor.SafeConstructor.yaml_constructors[tag]
+            value = construct(_safe_constructor, yaml.ScalarNode(tag, raw))
+        except Exception:
+            value = _FAIL
+    if len(raw) <= 40 and not isinstance(value, (list, dict)):  # years, booleans, short words repeat
+        _implicit[raw] = value
+    return value
 
 
 def _fast_scalar(raw: str):
@@ -138,13 +167,7 @@ def _fast_scalar(raw: str):
         return _FAIL
     if first not in _IMPLICIT_FIRST:  # no implicit type (int, bool, null, date...) starts this way
         return raw
-    tag = _resolver.resolve(yaml.ScalarNode, raw, (True, False))
-    if tag == _STR_TAG:
-        return raw
-    try:
-        return yaml.constructor.SafeConstructor.yaml_constructors[tag](_safe_constructor, yaml.ScalarNode(tag, raw))
-    except Exception:
-        return _FAIL
+    return _implicit_value(raw)
 
 
 _plain_keys: dict[str, bool] = {}
@@ -158,94 +181,92 @@ def _is_plain_key(key: str) -> bool:
     return known
 
 
-def _fast_block(block: list, where: tuple, lines: dict):
-    """A block collection from its significant lines ``(line, indent, content)``."""
-    indent = block[0][1]
-    if block[0][2] == "-" or block[0][2].startswith("- "):
-        items: list = []
-        position = 0
-        while position < len(block):
-            number, depth, content = block[position]
-            if depth != indent or not content.startswith("- "):
-                return _FAIL
-            rest = content[2:]
-            here = where + (len(items),)
-            lines[here] = number
-            position += 1
-            match = _FAST_KEY.fullmatch(rest)
-            if match is None:
-                value = _fast_scalar(rest)
-                if value is _FAIL or (position < len(block) and block[position][1] > indent):
-                    return _FAIL
-                items.append(value)
-                continue
-            item: dict = {}
-            pairs = [(number, match)]
-            while position < len(block) and block[position][1] > indent:
-                number, depth, content = block[position]
-                match = _FAST_KEY.fullmatch(content)
-                if depth != indent + 2 or match is None:
-                    return _FAIL
-                pairs.append((number, match))
-                position += 1
-            for number, match in pairs:
-                key, raw = match.group(1), match.group(2)
-                value = _fast_scalar(raw or "")
-                if value is _FAIL or key in item or not _is_plain_key(key):
-                    return _FAIL
-                item[key] = value
-                lines[here + (key,)] = number
-            items.append(item)
-        return items
-    mapping: dict = {}
-    for number, depth, content in block:
-        match = _FAST_KEY.fullmatch(content)
-        if depth != indent or match is None:
-            return _FAIL
-        key = match.group(1)
-        value = _fast_scalar(match.group(2) or "")
-        if value is _FAIL or key in mapping or not _is_plain_key(key):
-            return _FAIL
-        mapping[key] = value
-        lines[where + (key,)] = number
-    return mapping
-
-
 def fast_parse(text: str) -> tuple[dict, dict[tuple, int]] | None:
-    """``(data, lines)`` for a file in the writer's YAML subset, else None (use the full parser)."""
+    """``(data, lines)`` for a file in the writer's YAML subset, else None (use the full parser).
+
+    The subset: top-level ``key: scalar`` or ``key:`` followed by one indented block, either a
+    list (``- scalar`` items, or ``- key: scalar`` items continued by ``key: scalar`` lines two
+    columns deeper) or a mapping of ``key: scalar`` lines; blank lines and full-line comments.
+    """
     if "\t" in text or "\r" in text or "\ufeff" in text:
         return None
-    significant = []
-    for number, line in enumerate(text.split("\n"), 1):
-        content = line.lstrip(" ")
-        if content and not content.startswith("#"):
-            if content[-1] == " ":
-                return None
-            significant.append((number, len(line) - len(content), content))
-    if not significant:
+    if (" \n" in text or text.endswith(" ")) and _TRAILING_SPACE.search(text):
         return None
     data: dict = {}
-    lines: dict[tuple, int] = {(): significant[0][0]}
-    position = 0
-    while position < len(significant):
-        number, depth, content = significant[position]
-        match = _FAST_KEY.fullmatch(content)
-        if depth != 0 or match is None or match.group(1) in data or not _is_plain_key(match.group(1)):
+    lines: dict[tuple, int] = {}
+    plain = _plain_keys
+    first = 0
+    open_key = None  # the top-level key whose indented block is being read
+    block = None  # that block (a list or a dict), None until its first line
+    indent = ""  # the block's indentation
+    item = None  # the "- key: value" mapping that deeper lines continue (list blocks)
+    item_where: tuple = ()
+    number = 0
+    for lead, dash, key, value, other in _FAST_LINE.findall(text):
+        number += 1
+        if not key and not dash:
+            if not other or other[0] == "#":
+                continue  # blank line or comment
             return None
-        key, raw = match.group(1), match.group(2)
-        position += 1
-        if raw:
-            value = _fast_scalar(raw)
+        if not lead:  # a top-level key
+            if dash or (open_key is not None and block is None) or key in data:
+                return None
+            if not (plain.get(key) or _is_plain_key(key)):
+                return None
+            if not first:
+                first = number
+            lines[(key,)] = number
+            block = item = None
+            if value:
+                open_key = None
+                value = _fast_scalar(value)
+                if value is _FAIL:
+                    return None
+                data[key] = value
+            else:
+                open_key = key
+            continue
+        if open_key is None:
+            return None
+        if block is None:
+            indent = lead
+            block = data[open_key] = [] if dash else {}
+        if dash:
+            if lead != indent or type(block) is not list:
+                return None
+            here = (open_key, len(block))
+            lines[here] = number
+            if key:
+                value = _fast_scalar(value)
+                if value is _FAIL or not (plain.get(key) or _is_plain_key(key)):
+                    return None
+                item = {key: value}
+                item_where = here
+                lines[here + (key,)] = number
+                block.append(item)
+            else:
+                item = None
+                value = _fast_scalar(other)
+                if value is _FAIL:
+                    return None
+                block.append(value)
+            continue
+        value = _fast_scalar(value)
+        if value is _FAIL or not (plain.get(key) or _is_plain_key(key)):
+            return None
+        if type(block) is list:
+            if item is None or len(lead) != len(indent) + 2 or key in item:
+                return None
+            item[key] = value
+            lines[item_where + (key,)] = number
         else:
-            block = []
-            while position < len(significant) and significant[position][1] > 0:
-                block.append(significant[position])
-                position += 1
-            value = _fast_block(block, (key,), lines) if block else _FAIL
-        if value is _FAIL:
-            return None
-        data[key] = value
-        lines[(key,)] = number
+            if lead != indent or key in block:
+                return None
+            block[key] = value
+            lines[(open_key, key)] = number
+    if not first or (open_key is not None and block is None):
+        return None
+    lines[()] = first
     return data, lines
 
 
@@ -345,13 +366,18 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def read_document(root: Path, rel: str) -> Document:
+def read_bytes(root: Path, rel: str) -> bytes | Document:
+    """A file's bytes, or a document holding the problem that it cannot be read."""
     try:
         with open(os.path.join(root, rel), "rb") as handle:
-            raw = handle.read()
+            return handle.read()
     except OSError as error:
         return Document(rel, problems=[Problem(rel, 1, FILE_FIELD, f"cannot read: {error.strerror or error}")])
-    return parse_text(rel, raw)
+
+
+def read_document(root: Path, rel: str) -> Document:
+    raw = read_bytes(root, rel)
+    return raw if isinstance(raw, Document) else parse_text(rel, raw)
 
 
 # --------------------------------------------------------------------------- schema
@@ -466,6 +492,8 @@ def _explain(doc: Document, error) -> list[Problem]:
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))
         hint = "; put it in quotes" if expected == "string" and isinstance(value, (int, float, datetime.date)) else ""
         return [doc.problem(where, f"expected {words}, got {describe(value)}{hint}")]
+    if kind in ("pattern", "enum") and isinstance(value, str) and PLACEHOLDER_RE.match(value):
+        return [doc.problem(where, PLACEHOLDER_MESSAGE)]
     if kind == "enum":
         choices = [str(choice) for choice in error.validator_value]
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""
@@ -498,8 +526,12 @@ def link_kinds() -> dict:
     return yaml.load((DATA_DIR / "link-kinds.yaml").read_text(encoding="utf-8"), Loader=_Loader)
 
 
+_SIMPLE_HOST = re.compile(r"https://([A-Za-z0-9.-]+)(?:[/?#]|\Z)")
+
+
 def code_label(url: str) -> str:
-    host = (urlsplit(url).hostname or "").lower()
+    match = _SIMPLE_HOST.match(url)  # what urlsplit gives for plain URLs, without its cost
+    host = match.group(1).lower() if match else (urlsplit(url).hostname or "").lower()
     return link_kinds()["code"].get(host, host)
 
 

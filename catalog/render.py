@@ -43,13 +43,13 @@ class RenderError(Exception):
     """Rendering failed (missing template, template error, BibTeX failure); nothing was written."""
 
 
-_INLINE_ESCAPES = str.maketrans({char: "\\" + char for char in "\\`*_[]<>|"})
+_INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>|]")
 _LINE_START = re.compile(r"^(#|>|[-+=]|\d+[.)])")
 
 
 def md(text: str) -> str:
-    """Escape Markdown syntax in plain text that is shown inline."""
-    return text.translate(_INLINE_ESCAPES)
+    """Escape Markdown syntax in plain text that is shown inline (a backslash before ``\\`*_[]<>|``)."""
+    return _INLINE_SPECIAL.sub(r"\\\g<0>", text)
 
 
 def md_line(text: str) -> str:
@@ -73,7 +73,46 @@ class Heading:
     level: int
     intro: str = ""
     children: list["Heading"] = field(default_factory=list)
-    entries: list[dict] = field(default_factory=list)
+    entries: list["Entry"] = field(default_factory=list)
+
+
+# The template's view of an entry. Jinja looks attributes up before items, so slotted records
+# read faster in the template loops than dicts (this matters for catalogs of thousands of papers).
+
+
+@dataclass(slots=True)
+class LinkView:
+    label: str
+    url: str
+
+
+@dataclass(slots=True)
+class CodeView:
+    label: str
+    url: str | None  # None: the URL is linked higher up, by ``ref``
+    third_party: bool
+    ref: str | None
+
+
+@dataclass(slots=True)
+class ImplementationView:
+    name: str
+    path: str | None
+    link: bool  # False: the file is linked higher up (or kdimpl does not export the name)
+    verification: str
+
+
+@dataclass(slots=True)
+class Entry:
+    full: bool  # written in full (the paper's first section) or as a reference
+    header: str
+    title: str
+    authors: str
+    description: str
+    home: str = ""  # reference entries: the title of the section holding the full entry
+    links: list[LinkView] = field(default_factory=list)
+    code: list[CodeView] = field(default_factory=list)
+    implementations: list[ImplementationView] = field(default_factory=list)
 
 
 def _venue_year(paper: Paper) -> str:
@@ -100,49 +139,36 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
             by_section.setdefault(section_id, []).append(paper)
     titles = {section.id: section.title for section in catalog.walk_sections()}
     linked: dict[str, str] = {}  # URL -> who linked it first (README order)
+    labels: dict[str, str] = {}  # link and code labels repeat: escape each once
 
-    def entry(paper: Paper, section_id: str) -> dict:
-        full = paper.sections[0] == section_id
-        item = {
-            "full": full,
-            "header": _header(paper),
-            "title": md_line(paper.title),
-            "authors": md_line(" and ".join(paper.authors)),
-        }
-        if not full:
-            item["description"] = md(paper.notes.get(section_id, paper.description))
-            item["home"] = md(titles.get(paper.sections[0], paper.sections[0]))
-            return item
-        item["description"] = md(paper.description)
-        item["links"] = [{"label": md(link.label), "url": link.url} for link in paper.links]
-        codes = []
+    def label(text: str) -> str:
+        escaped = labels.get(text)
+        if escaped is None:
+            escaped = labels[text] = md(text)
+        return escaped
+
+    def entry(paper: Paper, section_id: str) -> Entry:
+        head = (_header(paper), md_line(paper.title), md_line(" and ".join(paper.authors)))
+        if paper.sections[0] != section_id:
+            home = paper.sections[0]
+            return Entry(False, *head, md(paper.notes.get(section_id, paper.description)), md(titles.get(home, home)))
+        item = Entry(True, *head, md(paper.description))
+        item.links = [LinkView(label(link.label), link.url) for link in paper.links]
         for code in paper.code:
-            first = code.url not in linked
-            codes.append(
-                {
-                    "label": md(code.label),
-                    "url": code.url if first else None,
-                    "third_party": not code.official,
-                    "ref": None if first else md(linked[code.url]),
-                }
-            )
-            linked.setdefault(code.url, _reference_name(paper))
-        item["code"] = codes
-        implementations = []
+            ref = linked.get(code.url)
+            if ref is None:
+                item.code.append(CodeView(label(code.label), code.url, not code.official, None))
+                linked[code.url] = _reference_name(paper)
+            else:
+                item.code.append(CodeView(label(code.label), None, not code.official, md(ref)))
         for impl in paper.implementations:
             target = kdimpl_files.get(impl.name)
             first = target is not None and target not in linked
-            implementations.append(
-                {
-                    "name": impl.name,
-                    "path": target,
-                    "link": first,
-                    "verification": VERIFICATION_WORDS[impl.verification],
-                }
+            item.implementations.append(
+                ImplementationView(impl.name, target, first, VERIFICATION_WORDS[impl.verification])
             )
             if target is not None:
                 linked.setdefault(target, impl.name)
-        item["implementations"] = implementations
         return item
 
     def heading(section: Section) -> Heading:
@@ -187,9 +213,39 @@ def render_readme(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | N
     return text.rstrip("\n") + "\n"
 
 
+# The inputs and outputs of the last render_outputs call: ``check`` after ``build`` in one process
+# (the benchmark, a script) gets the same files back without rendering them again. The key holds
+# every input (the catalog, the kdimpl index, the templates' bytes), so the result is the same.
+_last_render: list = []
+
+
+def _templates(root: Path) -> tuple:
+    folder = root / "templates"
+    try:
+        return tuple(sorted((path.name, path.read_bytes()) for path in folder.iterdir() if path.is_file()))
+    except OSError:
+        return ()
+
+
 def render_outputs(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | None = None) -> dict[Path, str]:
     """Every generated file, rendered in memory: ``{path: text}``. Raises :class:`RenderError`."""
     root = Path(root)
+    if kdimpl_files is None and any(paper.implementations for paper in catalog.papers):
+        from catalog.kdimpl_index import scan
+
+        try:
+            kdimpl_files = scan(root)
+        except Exception as error:
+            raise RenderError(f"rendering {README} failed: {type(error).__name__}: {error}") from error
+    key = (root, catalog, kdimpl_files or {}, _templates(root))
+    if _last_render and _last_render[0] == key:
+        return dict(_last_render[1])
+    outputs = _render_outputs(catalog, root, kdimpl_files or {})
+    _last_render[:] = [key, dict(outputs)]
+    return outputs
+
+
+def _render_outputs(catalog: Catalog, root: Path, kdimpl_files: dict[str, str]) -> dict[Path, str]:
     outputs: dict[Path, str] = {}
     try:
         outputs[root / README] = render_readme(catalog, root, kdimpl_files)

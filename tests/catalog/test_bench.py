@@ -12,7 +12,8 @@ REPO = Path(__file__).parents[2]
 def test_bench_runs_on_a_small_catalog(capsys):
     assert bench.main(["--papers", "300", "--root", str(REPO)]) == 0
     out = capsys.readouterr().out
-    assert "check + build:" in out and "for 300 papers" in out
+    assert "check + build, one process:" in out and "check + build, two processes:" in out
+    assert "python -m catalog check:" in out and "for 300 papers" in out and "s CPU" in out
 
 
 def test_synthetic_papers_pass_check(tmp_path):

@@ -253,6 +253,35 @@ CASES = {
             "did you mean 'parity'?"
         ],
     ),
+    # What `python -m catalog new` leaves for a person to fill in (catalog/arxiv.py).
+    "placeholder description": (
+        edit("description: A test description.", "description: 'TODO: say in one or two sentences what it distils'"),
+        ["papers/x.yaml:12: description: still a placeholder (TODO ...): fill it in"],
+    ),
+    "placeholder section": (
+        edit("  - masks\n", "  - TODO-section-id\n"),
+        ["papers/x.yaml:11: sections[0]: still a placeholder (TODO ...): fill it in"],
+    ),
+    "placeholder title, author, method, venue and code label": (
+        edit("title: A Test", "title: TODO A Test", edit("  - Ada Byron", "  - TODO")).replace(
+            "method: XKD", "method: TODO"
+        ).replace("venue: CVPR", "venue: TODO-venue").replace("official: true", "official: true\n    label: TODO"),
+        [
+            "papers/x.yaml:2: method: still a placeholder (TODO ...): fill it in",
+            "papers/x.yaml:3: title: still a placeholder (TODO ...): fill it in",
+            "papers/x.yaml:5: authors[0]: still a placeholder (TODO ...): fill it in",
+            "papers/x.yaml:7: venue: still a placeholder (TODO ...): fill it in",
+            "papers/x.yaml:21: code[0].label: still a placeholder (TODO ...): fill it in",
+        ],
+    ),
+    "placeholder verification level": (
+        BASE + "implementations:\n  - name: ToyLoss\n    verification: TODO\n",
+        ["papers/x.yaml:23: implementations[0].verification: still a placeholder (TODO ...): fill it in"],
+    ),
+    "TODO later in a text, or as part of a word, is not a placeholder": (
+        edit("title: A Test Paper", "title: TODOS and a TODO List in a Test Paper"),
+        [],
+    ),
 }
 
 
@@ -443,3 +472,28 @@ def test_catalog_keeps_papers_that_loaded(tmp_path):
     result = validate_root(root)
     assert sorted(paper.id for paper in result.catalog.papers) == ["alpha", "beta", "delta", "gamma"]
     assert len(result.problems) == 2
+
+
+def test_a_second_check_in_one_process_sees_every_change(tmp_path):
+    """validate_root reuses unchanged files' results within a process: edits must still be seen."""
+    root = make_repo(tmp_path)
+    paper = root / "papers" / "x.yaml"
+    paper.write_text(BASE + "implementations:\n  - name: ToyLoss\n    verification: parity\n", encoding="utf-8")
+    assert validate_root(root).problems == []
+    assert [str(p) for p in validate_root(root).problems] == []  # reused, still clean
+    paper.write_text(edit("year: 2022", f"year: {NEXT_YEAR + 1}") + "implementations:\n  - name: ToyLoss\n"
+                     "    verification: parity\n", encoding="utf-8")
+    expected = [f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}"]
+    assert [str(p) for p in validate_root(root).problems] == expected
+    assert [str(p) for p in validate_root(root).problems] == expected  # reused: reported once, not twice
+    # The paper did not change, but kdimpl did: its implementation is checked again.
+    (root / "kdimpl" / "losses" / "toy.py").write_text(TOY.replace('"ToyLoss", ', ""), encoding="utf-8")
+    problems = [str(p) for p in validate_root(root).problems]
+    missing = "implementations[0].name: kdimpl exports no object named 'ToyLoss'; did you mean 'toy_loss'?"
+    assert expected[0] in problems and f"papers/x.yaml:22: {missing}" in problems
+    assert any(p.startswith("papers/alpha.yaml:") and p.endswith(missing) for p in problems)  # unchanged file
+    # A new section tree changes which section ids are known.
+    sections = root / "papers" / "_sections.yaml"
+    text = sections.read_text(encoding="utf-8")
+    sections.write_text(text.replace("id: masks", "id: masks-renamed"), encoding="utf-8")
+    assert any("unknown section 'masks'" in str(p) for p in validate_root(root).problems)

@@ -272,3 +272,21 @@ def test_repository_readme_is_in_sync_with_its_data():
         assert (
             render.diff_against_file(path, text, path.name) is None
         ), f"{path.name} is stale: run python -m catalog build"
+
+
+def test_a_second_render_in_one_process_sees_template_and_data_changes(tmp_path):
+    """render_outputs reuses its last result only when the catalog and the templates are unchanged."""
+    from catalog.validate import validate_root
+
+    root = make_repo(tmp_path)
+    first = render.render_outputs(validate_root(root).catalog, root)
+    assert render.render_outputs(validate_root(root).catalog, root) == first
+    template = root / "templates" / "README.md.j2"
+    template.write_text(template.read_text(encoding="utf-8").replace("A curated list", "A hand-picked list"))
+    changed = render.render_outputs(validate_root(root).catalog, root)[root / "README.md"]
+    assert "A hand-picked list" in changed and changed.replace("A hand-picked list", "A curated list") == first[
+        root / "README.md"
+    ]
+    paper = root / "papers" / "alpha.yaml"
+    paper.write_text(paper.read_text(encoding="utf-8").replace("title: ", "title: Renamed "), encoding="utf-8")
+    assert "Renamed " in render.render_outputs(validate_root(root).catalog, root)[root / "README.md"]

@@ -87,6 +87,11 @@ def test_fast_reader_matches_the_safe_loader():
         "title: a \n",  # trailing space
         "---\ntitle: a\n",  # document marker
         "on: yes\n",  # a key that YAML 1.1 reads as a boolean
+        "links:\n  - kind: cvf\n     url: x\n",  # continuation line at the wrong indentation
+        "authors:\n  - a\n    b: c\n",  # a deeper line after a scalar item
+        "notes:\n  a: b\n  - c\n",  # a list item inside a mapping
+        "authors:\n  - a\n -b\n",  # a shallower line inside a block
+        "authors:\n",  # a key with nothing under it (null)
     ],
 )
 def test_fast_reader_hands_anything_else_to_libyaml(text):
@@ -99,3 +104,11 @@ def test_real_papers_take_the_fast_path_and_match_the_safe_loader():
         parsed = loader.fast_parse(text)
         if parsed is not None:
             assert parsed[0] == yaml.safe_load(text), path.name
+
+
+def test_fast_reader_skips_blank_lines_and_comments_inside_blocks():
+    text = "# top  \nauthors:\n\n  # a comment with a trailing space \n  - A\n   \n  - B\nlinks:\n  - kind: cvf\n" \
+        "    # comment\n    url: https://x.org/a\n"
+    data, lines = loader.fast_parse(text)
+    assert data == yaml.safe_load(text)
+    assert lines[()] == 2 and lines[("authors", 1)] == 7 and lines[("links", 0, "url")] == 11
