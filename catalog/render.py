@@ -33,9 +33,9 @@ TOC_TITLE = "Contents"
 USAGE_TITLE = "Using this Repository"
 
 VERIFICATION_WORDS = {
-    "parity": "parity-tested against the official code",
+    "parity": "matching the official code's numbers",
     "paper": "checked against the paper's equations",
-    "unverified": "not yet verified",
+    "unverified": "following secondary descriptions (the paper's text was not checked)",
 }
 
 
@@ -95,11 +95,16 @@ class CodeView:
 
 
 @dataclass(slots=True)
-class ImplementationView:
-    name: str
-    path: str | None
-    link: bool  # False: the file is linked higher up (or kdimpl does not export the name)
-    verification: str
+class ImplementationFile:
+    names: str  # "`FGDLoss`" or "`DeFeatLoss` and `DeFeatRoIKDLoss`"
+    path: str
+    link: bool  # False: the file is linked higher up in the README
+
+
+@dataclass(slots=True)
+class ImplementationGroup:
+    verification: str  # in words
+    files: list[ImplementationFile]
 
 
 @dataclass(slots=True)
@@ -112,7 +117,7 @@ class Entry:
     home: str = ""  # reference entries: the title of the section holding the full entry
     links: list[LinkView] = field(default_factory=list)
     code: list[CodeView] = field(default_factory=list)
-    implementations: list[ImplementationView] = field(default_factory=list)
+    implementations: list[ImplementationGroup] = field(default_factory=list)
 
 
 def _venue_year(paper: Paper) -> str:
@@ -161,15 +166,24 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
                 linked[code.url] = _reference_name(paper)
             else:
                 item.code.append(CodeView(label(code.label), None, not code.official, md(ref)))
-        for impl in paper.implementations:
-            target = kdimpl_files.get(impl.name)
-            first = target is not None and target not in linked
-            item.implementations.append(
-                ImplementationView(impl.name, target, first, VERIFICATION_WORDS[impl.verification])
-            )
-            if target is not None:
-                linked.setdefault(target, impl.name)
+        item.implementations = implementation_groups(paper)
         return item
+
+    def implementation_groups(paper: Paper) -> list[ImplementationGroup]:
+        """Objects grouped by verification level, then by defining file, in the YAML's order."""
+        grouped: dict[str, dict[str, list[str]]] = {}
+        for impl in paper.implementations:
+            path = kdimpl_files.get(impl.name, "kdimpl")  # unknown names fail `check`; build still renders
+            grouped.setdefault(impl.verification, {}).setdefault(path, []).append(f"`{impl.name}`")
+        groups = []
+        for verification, files in grouped.items():
+            views = []
+            for path, names in files.items():
+                listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+                views.append(ImplementationFile(listed, path, path not in linked))
+                linked.setdefault(path, paper.id)
+            groups.append(ImplementationGroup(VERIFICATION_WORDS[verification], views))
+        return groups
 
     def heading(section: Section) -> Heading:
         node = Heading(md(section.title), slugger.slug(section.title), section.level, md(section.intro))

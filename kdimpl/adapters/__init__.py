@@ -1,5 +1,26 @@
 """Learnable pieces that papers bundle into their losses, kept apart so both sides can share or skip them."""
 
 from .channel import ChannelAdapter
+from .defeat import DeFeatAdapter
+from .drkd import GloReUnit, InstanceRelation
+from .fgd import FGDGlobalContext
+from .fgfi import FGFIAdapter
+from .fkd import FKDStudentAdapter, NonLocalBlock2d
+from .frs import FRSAdapter
+from .mgd import MGDGenerator
+from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
 
-__all__ = ["ChannelAdapter"]
+__all__ = [
+    "ChannelAdapter",
+    "DeFeatAdapter",
+    "FGDGlobalContext",
+    "FGFIAdapter",
+    "FKDStudentAdapter",
+    "FRSAdapter",
+    "GloReUnit",
+    "InstanceRelation",
+    "MGDGenerator",
+    "MultiScaleCrossAttention",
+    "NonLocalBlock2d",
+    "ScaleDecoupledFeature",
+]

@@ -57,7 +57,7 @@ def test_entries_follow_the_contributing_format(tmp_path):
         == """\
 DELTA. *ICCV 2021*.
 \\[[IEEE Xplore](https://ieeexplore.ieee.org/abstract/document/1)\\]
-Implementation in kdimpl: [`ToyLoss`](kdimpl/losses/toy.py), checked against the paper's equations.
+Implementation in kdimpl, checked against the paper's equations: `ToyLoss` in [kdimpl/losses/toy.py](kdimpl/losses/toy.py).
 \\- Masks features where the teacher and the student disagree.
 
 - Delta Masks for Object Detection
@@ -68,7 +68,7 @@ ALPHA. *CVPR 2022*.
 \\[[arXiv](https://arxiv.org/abs/2201.00001)\\]
 <[GitHub](https://github.com/example/alpha)>
 <[Toolbox](https://github.com/example/toolbox/tree/main/alpha) (third-party)>
-Implementation in kdimpl: `ToyLoss` (linked above), parity-tested against the official code.
+Implementation in kdimpl, matching the official code's numbers: `ToyLoss` in `kdimpl/losses/toy.py` (linked above).
 \\- Distils the teacher's foreground features.
 
 - Alpha Distillation for Dense Detectors
@@ -89,7 +89,7 @@ Teacher and student detectors of different families.
 GAMMA. *ECCV 2022*.
 \\[[ECVA](https://www.ecva.net/papers/gamma.pdf)\\]
 <GitHub (third-party): the repository linked above for ALPHA (CVPR 2022)>
-Implementation in kdimpl: `toy_loss` (linked above), not yet verified.
+Implementation in kdimpl, following secondary descriptions (the paper's text was not checked): `toy_loss` in `kdimpl/losses/toy.py` (linked above).
 \\- Uses an assistant head between teacher and student.
 
 - Gamma Assistants for Heterogeneous Detectors
