@@ -8,7 +8,7 @@ __all__ = ["MGDGenerator"]
 
 
 class MGDGenerator(nn.Sequential):
-    r"""Generation block :math:`\mathcal{G}` of Masked Generative Distillation (Yang et al., ECCV 2022, Eq. 2).
+    r"""Generation block :math:`\mathcal{G}` of Masked Generative Distillation (Yang et al., ECCV 2022).
 
     ``Conv3x3(C -> C) -> ReLU -> Conv3x3(C -> C)``, padding 1, with PyTorch's default initialisation.
     Its ``state_dict`` keys (``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``) are those of the

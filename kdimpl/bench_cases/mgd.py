@@ -42,4 +42,7 @@ def _make_loss_part(device, dtype, levels, gt_boxes, image_size):
     )
 
 
-BENCH = [BenchCase("mgd", _make_full, channels=CHANNELS), BenchCase("mgd-loss-part", _make_loss_part, channels=CHANNELS)]
+BENCH = [
+    BenchCase("mgd", _make_full, channels=CHANNELS),
+    BenchCase("mgd-loss-part", _make_loss_part, channels=CHANNELS),
+]

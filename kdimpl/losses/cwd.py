@@ -32,7 +32,7 @@ def cwd_loss(student: Tensor, teacher: Tensor, *, tau: float = 1.0, reduction: s
     r"""Channel-wise distillation: KL divergence between per-channel spatial distributions.
 
     Each channel's activation map is turned into a distribution over the ``H x W`` positions,
-    and the student matches the teacher's (Shu et al., Eq. 3-4):
+    and the student matches the teacher's (Shu et al.):
 
     .. math::
         \phi(y_c) = \operatorname{softmax}_{i}\big(y_{c,i} / \tau\big), \qquad

@@ -22,7 +22,7 @@ def mgd_random_mask(
     rng: torch.Generator | None = None,
     per_channel: bool = False,
 ) -> Tensor:
-    r"""Draw MGD's random keep-mask :math:`M` (Yang et al., Eq. 1).
+    r"""Draw MGD's random keep-mask :math:`M` (Yang et al.).
 
     .. math::
         M_{n,i,j} = \begin{cases} 0 & u_{n,i,j} > 1 - \lambda \\ 1 & \text{otherwise} \end{cases},
@@ -74,7 +74,7 @@ def mgd_loss(
     r"""Masked generative distillation: rebuild the teacher's features from masked student features.
 
     The aligned student feature is masked at random positions and a small generation block
-    :math:`\mathcal{G}` must reconstruct the full teacher feature (Yang et al., Eq. 2-3):
+    :math:`\mathcal{G}` must reconstruct the full teacher feature (Yang et al.):
 
     .. math::
         \mathcal{L}_{dis} = \frac{1}{N} \sum_{n,c,h,w}

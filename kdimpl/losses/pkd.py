@@ -44,7 +44,7 @@ def pkd_loss(
 ) -> Tensor:
     r"""Pearson-correlation feature imitation: MSE between per-channel standardised features.
 
-    Each channel is standardised over the batch and all positions (Cao et al., Eq. 4-5), and the
+    Each channel is standardised over the batch and all positions (Cao et al.), and the
     loss is half the mean squared difference, i.e. one minus the Pearson correlation of every
     channel of the student with the teacher's:
 

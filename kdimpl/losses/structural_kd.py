@@ -36,6 +36,16 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     return g / g.sum()
 
 
+def _blur(z: Tensor, g: Tensor, padding: str) -> Tensor:
+    """Separable Gaussian filter of every channel (grouped convolutions, reflect padding for 'same')."""
+    k, groups = g.numel(), z.shape[1]
+    if padding == "same":
+        p = k // 2
+        z = F.pad(z, (p, p, p, p), mode="reflect")
+    z = F.conv2d(z, g.reshape(1, 1, 1, k).expand(groups, 1, 1, k), groups=groups)
+    return F.conv2d(z, g.reshape(1, 1, k, 1).expand(groups, 1, k, 1), groups=groups)
+
+
 def ssim_map(
     x: Tensor,
     y: Tensor,
@@ -80,16 +90,10 @@ def ssim_map(
     n, c, h, w = x.shape
     k = _effective_window(window_size, h, w, padding)
     g = _gaussian_window(k, sigma, x.dtype, x.device)
-    # One depthwise pass over the five moment maps instead of five filter calls (grouped
-    # convolutions: a single-channel conv over an N*5C batch is several times slower on CPU).
-    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    if padding == "same":
-        p = k // 2
-        moments = F.pad(moments, (p, p, p, p), mode="reflect")
-    groups = 5 * c
-    moments = F.conv2d(moments, g.reshape(1, 1, 1, k).expand(groups, 1, 1, k), groups=groups)
-    moments = F.conv2d(moments, g.reshape(1, 1, k, 1).expand(groups, 1, k, 1), groups=groups)
-    mu_x, mu_y, e_xx, e_yy, e_xy = moments.chunk(5, dim=1)
+    # Two grouped (depthwise) passes: the maps that carry the student's gradient, and the
+    # teacher-only ones whose filtering needs no backward (y is detached in the loss).
+    mu_x, e_xx, e_xy = _blur(torch.cat([x, x * x, x * y], dim=1), g, padding).chunk(3, dim=1)
+    mu_y, e_yy = _blur(torch.cat([y, y * y], dim=1), g, padding).chunk(2, dim=1)
     c1 = (0.01 * max_val) ** 2
     c2 = (0.03 * max_val) ** 2
     mu_xy = mu_x * mu_y
