@@ -1,9 +1,9 @@
 """What ``kdimpl`` exports, found by reading its sources with :mod:`ast` (no torch import).
 
-``kdimpl/losses/__init__.py`` discovers its modules at import time, so the package's own
-``__all__`` cannot be read statically. Instead every ``kdimpl/**/*.py`` is scanned: a public
-top-level class or function that the module lists in its literal ``__all__`` is an exported object,
-and that module is its defining file (the README links to it).
+Every ``kdimpl/**/*.py`` is scanned: a public top-level class or function that its module lists
+in a literal ``__all__`` is an exported object, and that module is its defining file (the README
+links to it). The package ``__init__`` files re-export those names; reading the defining modules
+directly gives the file to link without resolving imports.
 """
 
 from __future__ import annotations
