@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from catalog.http import Deadline, JsonCache, Policy, Throttle, request_with_retries
+from catalog.loader import Problem
 
 DEFAULT_API = "https://export.arxiv.org/api/query"
 ENV_API = "CATALOG_ARXIV_API"
@@ -203,17 +204,6 @@ def names_match(a: str, b: str) -> bool:
     return not middle_a or not middle_b or len(middle_a) != len(middle_b) or all(map(same, middle_a, middle_b))
 
 
-@dataclass(frozen=True)
-class Mismatch:
-    path: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.field}: {self.message}"
-
-
 def _key_lines(text: str) -> tuple[dict[str, int], list[int]]:
     """Line numbers (1-based) of top-level keys and of the items of ``authors`` in a paper file."""
     keys: dict[str, int] = {}
@@ -229,16 +219,16 @@ def _key_lines(text: str) -> tuple[dict[str, int], list[int]]:
     return keys, author_lines
 
 
-def compare(paper, record: ArxivRecord, root: Path) -> list[Mismatch]:
+def compare(paper, record: ArxivRecord, root: Path) -> list[Problem]:
     """Title and author differences between a catalog paper and its arXiv record."""
     path = paper.path or f"papers/{paper.id}.yaml"
     try:
         keys, author_lines = _key_lines((root / path).read_text(encoding="utf-8"))
     except OSError:
         keys, author_lines = {}, []
-    out: list[Mismatch] = []
+    out: list[Problem] = []
     if title_key(paper.title) != title_key(record.title):
-        out.append(Mismatch(path, keys.get("title", 1), "title",
+        out.append(Problem(path, keys.get("title", 1), "title",
                             f"{paper.title!r} here, {record.title!r} on arXiv {record.id}"))
     ours, theirs = list(paper.authors), list(record.authors)
     line = keys.get("authors", 1)
@@ -247,7 +237,7 @@ def compare(paper, record: ArxivRecord, root: Path) -> list[Mismatch]:
         extra = [n for n in ours if not any(names_match(n, m) for m in theirs)]
         detail = "".join([f"; missing {', '.join(missing)}" if missing else "",
                           f"; not on arXiv: {', '.join(extra)}" if extra else ""])
-        out.append(Mismatch(path, line, "authors",
+        out.append(Problem(path, line, "authors",
                             f"{len(ours)} authors here, {len(theirs)} on arXiv {record.id}{detail}"))
     else:
         for i, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
@@ -257,11 +247,11 @@ def compare(paper, record: ArxivRecord, root: Path) -> list[Mismatch]:
                     message = f"{mine!r} is at another position on arXiv {record.id} (here {i + 1})"
                 else:
                     message = f"{mine!r} here, {other!r} on arXiv {record.id}"
-                out.append(Mismatch(path, where, f"authors[{i}]", message))
+                out.append(Problem(path, where, f"authors[{i}]", message))
     return out
 
 
-def verify(catalog, root: Path, records: dict[str, ArxivRecord]) -> list[Mismatch]:
+def verify(catalog, root: Path, records: dict[str, ArxivRecord]) -> list[Problem]:
     out = []
     for paper in sorted(catalog.papers, key=lambda p: p.path or p.id):
         if not paper.arxiv:
@@ -269,7 +259,7 @@ def verify(catalog, root: Path, records: dict[str, ArxivRecord]) -> list[Mismatc
         record = records.get(paper.arxiv)
         if record is None:
             keys, _ = _key_lines(_read(root / (paper.path or f"papers/{paper.id}.yaml")))
-            out.append(Mismatch(paper.path or f"papers/{paper.id}.yaml", keys.get("arxiv", 1), "arxiv",
+            out.append(Problem(paper.path or f"papers/{paper.id}.yaml", keys.get("arxiv", 1), "arxiv",
                                 f"arXiv has no record {paper.arxiv}"))
             continue
         out.extend(compare(paper, record, root))
@@ -375,9 +365,9 @@ def _write_paper(path: Path, data: dict) -> None:
     try:
         write_paper(path, data)
     except ImportError:  # catalog.atomic not there yet: same text, written atomically here
-        from catalog.bibtex import _write_atomic
+        from catalog.atomic import write_file
 
-        _write_atomic(path, paper_to_yaml(data))
+        write_file(path, paper_to_yaml(data))
 
 
 def add_new_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
 import sys
-import tempfile
 import unicodedata
 from pathlib import Path
 
 import yaml
 
+from catalog.atomic import write_file
 from catalog.model import Catalog, Paper
 
 VENUES_FILE = Path(__file__).parent / "data" / "bibtex-venues.yaml"
@@ -217,26 +216,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out) if args.out else root / "papers.bib"
-    _write_atomic(out, text)
+    write_file(out, text)
     print(f"wrote {out} ({len(catalog.papers)} entries)")
     return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    try:
-        from catalog.atomic import write_files
-    except ImportError:  # catalog-core's module not there yet
-        write_files = None
-    if write_files is not None:
-        write_files({path: text})
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -34,20 +34,27 @@ def check_tensor(x: object, name: str, ndim: int | None = None, dims: str = "") 
         raise ValueError(f"{name} must have {ndim} dimensions{layout}, got shape {tuple(x.shape)}")
 
 
-def check_feature_pair(student: Tensor, teacher: Tensor, ndim: int = 4, dims: str = "N C H W") -> None:
-    """Check student/teacher feature maps: same rank, shape, device and floating dtype."""
+def check_feature_pair(
+    student: Tensor, teacher: Tensor, ndim: int = 4, dims: str = "N C H W", *, same_spatial: bool = True
+) -> None:
+    """Check student/teacher feature maps: same rank, shape, device and floating dtype.
+
+    With ``same_spatial=False`` only batch and channels must agree (for losses that resize one side).
+    """
     if _tracing():
         return
     check_tensor(student, "student", ndim, dims)
     check_tensor(teacher, "teacher", ndim, dims)
-    if student.shape != teacher.shape:
+    compared = slice(None) if same_spatial else slice(0, 2)
+    if student.shape[compared] != teacher.shape[compared]:
         hint = ""
         if student.dim() >= 2 and student.shape[1] != teacher.shape[1]:
             hint = " Channels differ: project the student with an adapter (e.g. kdimpl.ChannelAdapter) first."
         elif student.shape[2:] != teacher.shape[2:]:
             hint = " Spatial sizes differ: resize one side (F.interpolate) before the loss."
+        expected = "shape" if same_spatial else "batch size and channels"
         raise ValueError(
-            f"student and teacher must have the same shape, got student {tuple(student.shape)} "
+            f"student and teacher must have the same {expected}, got student {tuple(student.shape)} "
             f"and teacher {tuple(teacher.shape)}.{hint}"
         )
     if student.device != teacher.device:

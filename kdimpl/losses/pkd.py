@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import _tracing, check_positive, check_reduction, check_tensor
+from .._checks import check_feature_pair, check_positive, check_reduction
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
@@ -19,19 +19,7 @@ _RESIZE = ("student", "teacher")
 def _check_pkd_inputs(student: Tensor, teacher: Tensor, resize: str) -> None:
     if resize not in _RESIZE:
         raise ValueError(f"resize must be one of {_RESIZE}, got {resize!r}")
-    if _tracing():
-        return
-    check_tensor(student, "student", 4, "N C H W")
-    check_tensor(teacher, "teacher", 4, "N C H W")
-    if student.shape[:2] != teacher.shape[:2]:
-        raise ValueError(
-            f"student and teacher must agree in batch size and channels, got student {tuple(student.shape)} and "
-            f"teacher {tuple(teacher.shape)}; project the student with an adapter (e.g. kdimpl.ChannelAdapter) first"
-        )
-    if student.device != teacher.device:
-        raise ValueError(f"student is on {student.device} but teacher is on {teacher.device}")
-    if not (student.is_floating_point() and teacher.is_floating_point()):
-        raise TypeError(f"student and teacher must be floating point, got {student.dtype} and {teacher.dtype}")
+    check_feature_pair(student, teacher, same_spatial=False)
 
 
 def pkd_loss(
