@@ -22,6 +22,20 @@ class BenchCase:
     channels: int = 256
 
 
+def feature_levels(
+    device, dtype, levels: Sequence[tuple[int, int]], batch: int, channels: int = 256, seed: int = 0
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Seeded per-level ``(student, teacher)`` feature maps; students require grad."""
+    generator = torch.Generator().manual_seed(seed)
+    students, teachers = [], []
+    for height, width in levels:
+        student = torch.randn(batch, channels, height, width, generator=generator)
+        teacher = 0.5 * student + torch.randn(batch, channels, height, width, generator=generator)
+        students.append(student.to(device, dtype).requires_grad_(True))
+        teachers.append(teacher.to(device, dtype))
+    return students, teachers
+
+
 def all_bench_cases() -> list[BenchCase]:
     cases: list[BenchCase] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..losses.chen2017 import chen2017_bounded_regression_loss, chen2017_hint_loss, chen2017_soft_ce_loss
-from . import BenchCase
+from . import BenchCase, feature_levels
 
 
 def _make_hint(device, dtype, levels, gt_boxes, image_size, channels=256):
-    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
 
     def run():
         return sum(chen2017_hint_loss(s, t) for s, t in zip(student, teacher))

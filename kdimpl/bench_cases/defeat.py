@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..losses.defeat import defeat_multilevel_loss, defeat_roi_kd_loss
-from . import BenchCase
+from . import BenchCase, feature_levels
 
 
 def _make_feature(device, dtype, levels, gt_boxes, image_size, channels=256):
-    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
     strides = tuple(2 ** (2 + i) for i in range(len(levels)))  # P2-P6 on the padded input
 
     def run():

@@ -7,13 +7,7 @@ from torch import nn
 
 from ..adapters.drkd import GloReUnit, InstanceRelation
 from ..losses.drkd import drkd_instance_loss, drkd_pixel_loss
-from . import BenchCase
-
-
-def _features(device, dtype, levels, channels=256):
-    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
-    return student, teacher
+from . import BenchCase, feature_levels
 
 
 def _module_dtype(dtype):
@@ -21,7 +15,7 @@ def _module_dtype(dtype):
 
 
 def _make_pixel(device, dtype, levels, gt_boxes, image_size):
-    student, teacher = _features(device, dtype, levels)
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes))
     nodes = [64 if i < 2 else 256 for i in range(len(levels))]  # official: 64 nodes on P2-P3, 256 above
     to = dict(device=device, dtype=_module_dtype(dtype))
     s_units = nn.ModuleList([GloReUnit(256, m) for m in nodes]).to(**to)
@@ -38,7 +32,7 @@ def _make_pixel(device, dtype, levels, gt_boxes, image_size):
 
 
 def _make_instance(device, dtype, levels, gt_boxes, image_size):
-    student, teacher = _features(device, dtype, levels[:2])
+    student, teacher = feature_levels(device, dtype, levels[:2], len(gt_boxes))
     to = dict(device=device, dtype=_module_dtype(dtype))
     s_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)
     t_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..losses.fgfi import fgfi_loss, grid_anchors
-from . import BenchCase
+from . import BenchCase, feature_levels
 
 
 def level_anchors(levels, image_size, device, dtype=torch.float32):
@@ -23,8 +23,7 @@ def level_anchors(levels, image_size, device, dtype=torch.float32):
 
 
 def _make(device, dtype, levels, gt_boxes, image_size, channels=256):
-    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
     anchors = level_anchors(levels, image_size, device)
 
     def run():

@@ -10,12 +10,12 @@ from torch import nn
 
 from ..adapters.mgd import MGDGenerator
 from ..losses.mgd import mgd_loss, mgd_random_mask
-from . import BenchCase
-from .cwd import CHANNELS, feature_levels
+from . import BenchCase, feature_levels
+from .cwd import CHANNELS
 
 
-def _inputs(device, dtype, levels, identity):
-    students, teachers = feature_levels(device, dtype, levels, seed=2)
+def _inputs(device, dtype, levels, batch, identity):
+    students, teachers = feature_levels(device, dtype, levels, batch, CHANNELS, seed=2)
     rng = torch.Generator().manual_seed(3)
     masks = [mgd_random_mask(s, 0.65, rng=rng) for s in students]
     if identity:
@@ -28,7 +28,7 @@ def _inputs(device, dtype, levels, identity):
 
 
 def _make_full(device, dtype, levels, gt_boxes, image_size):
-    students, teachers, masks, generators = _inputs(device, dtype, levels, identity=False)
+    students, teachers, masks, generators = _inputs(device, dtype, levels, len(gt_boxes), identity=False)
     return lambda: sum(
         2e-5 * mgd_loss(s, t, g, mask=m) for s, t, g, m in zip(students, teachers, generators, masks)
     )
@@ -36,7 +36,7 @@ def _make_full(device, dtype, levels, gt_boxes, image_size):
 
 def _make_loss_part(device, dtype, levels, gt_boxes, image_size):
     # identity generation block: masking + summed squared error only
-    students, teachers, masks, generators = _inputs(device, dtype, levels, identity=True)
+    students, teachers, masks, generators = _inputs(device, dtype, levels, len(gt_boxes), identity=True)
     return lambda: sum(
         2e-5 * mgd_loss(s, t, g, mask=m) for s, t, g, m in zip(students, teachers, generators, masks)
     )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..losses.mimic import mimic_loss
-from . import BenchCase
+from . import BenchCase, feature_levels
 
 
 def _make(device, dtype, levels, gt_boxes, image_size, channels=256):
-    student = [torch.randn(2, channels, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, channels, h, w, device=device, dtype=dtype) for h, w in levels]
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
 
     def run():
         return sum(mimic_loss(s, t, gt_boxes, image_size=image_size) for s, t in zip(student, teacher))

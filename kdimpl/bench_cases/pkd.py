@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..losses.pkd import pkd_loss
-from . import BenchCase
-from .cwd import CHANNELS, feature_levels
+from . import BenchCase, feature_levels
+from .cwd import CHANNELS
 
 
 def _make(device, dtype, levels, gt_boxes, image_size):
-    students, teachers = feature_levels(device, dtype, levels, seed=1)
+    students, teachers = feature_levels(device, dtype, levels, len(gt_boxes), CHANNELS, seed=1)
     return lambda: sum(pkd_loss(s, t) for s, t in zip(students, teachers))
 
 

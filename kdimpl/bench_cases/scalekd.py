@@ -6,14 +6,13 @@ import torch
 
 from ..adapters.scalekd import ScaleDecoupledFeature
 from ..losses.scalekd import scalekd_assistant_box_loss, scalekd_assistant_cls_loss, scalekd_feature_loss
-from . import BenchCase
+from . import BenchCase, feature_levels
 
 NUM_CLASSES = 80
 
 
 def _make_feature(device, dtype, levels, gt_boxes, image_size):
-    student = [torch.randn(2, 256, h, w, device=device, dtype=dtype, requires_grad=True) for h, w in levels]
-    teacher = [torch.randn(2, 256, h, w, device=device, dtype=dtype) for h, w in levels]
+    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes))
     module_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     decoupler = ScaleDecoupledFeature(256).to(device=device, dtype=module_dtype)
 

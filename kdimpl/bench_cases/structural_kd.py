@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..losses.structural_kd import structural_kd_loss
-from . import BenchCase
-from .cwd import CHANNELS, feature_levels
+from . import BenchCase, feature_levels
+from .cwd import CHANNELS
 
 
 def _make(device, dtype, levels, gt_boxes, image_size):
-    students, teachers = feature_levels(device, dtype, levels, seed=5)
+    students, teachers = feature_levels(device, dtype, levels, len(gt_boxes), CHANNELS, seed=5)
     return lambda: sum(structural_kd_loss(s, t, window_size=11) for s, t in zip(students, teachers))
 
 

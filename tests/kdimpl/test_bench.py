@@ -1,0 +1,49 @@
+"""The benchmark harness runs every case (on tiny inputs here; the timings themselves are never tested)."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kdimpl import bench  # noqa: E402
+from kdimpl.bench_cases import all_bench_cases  # noqa: E402
+
+TINY_LEVELS = [(12, 20), (6, 10)]
+CASES = all_bench_cases()
+
+
+def test_case_names_are_unique():
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_bench_case_builds_a_differentiable_loss(case):
+    boxes = bench.make_boxes(batch=2, num_boxes=3, device="cpu")
+    loss_fn = case.make(torch.device("cpu"), torch.float32, TINY_LEVELS, boxes, bench.IMAGE_SIZE)
+    loss = loss_fn()
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+
+
+def test_peak_live_memory_counts_intermediates():
+    x = torch.ones(1024)  # created outside: not counted
+    tracker = bench.PeakLiveMemory()
+    with tracker:
+        y = x * 2  # 4 KiB
+        z = y + 1  # 4 KiB more while y lives
+        del y, z
+    assert tracker.peak == 2 * 1024 * 4
+    assert tracker.current == 0
+
+
+def test_main_reports_every_selected_case(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "LEVELS", TINY_LEVELS)
+    out = tmp_path / "bench.json"
+    status = bench.main(["--losses", "cwd", "--mode", "eager", "--min-time", "0", "--json", str(out)])
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert [row["name"] for row in report["results"]] == ["cwd"]
+    assert report["results"][0]["eager_ms"] > 0 and report["environment"]["threads"] >= 1
+    assert "copy floor" in capsys.readouterr().out
