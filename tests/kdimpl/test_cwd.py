@@ -81,17 +81,18 @@ def test_rejects_bad_inputs():
         cwd_loss(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 4))
 
 
-def test_compiled_form_matches_eager_form(official):
-    from kdimpl.losses.cwd import _kl_fused
+def test_eager_and_compiled_forms_match_the_log_softmax_form(official):
+    from kdimpl.losses.cwd import _kl_fused, _SpatialKL
 
-    for scale in (1.0, 200.0):
+    for scale, tau in ((1.0, 1.0), (200.0, 1.0), (1.0, 4.0)):
         s = (official["student"] * scale).flatten(2).double().requires_grad_(True)
         t = official["teacher"].flatten(2).double()
-        eager = torch.nn.functional.kl_div(
-            s.log_softmax(-1), t.log_softmax(-1), reduction="none", log_target=True
+        reference = torch.nn.functional.kl_div(
+            (s / tau).log_softmax(-1), (t / tau).log_softmax(-1), reduction="none", log_target=True
         ).sum(-1)
-        fused = _kl_fused(s, t)
-        torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
-        (g_fused,) = torch.autograd.grad(fused.sum(), s)
-        (g_eager,) = torch.autograd.grad(eager.sum(), s)
-        torch.testing.assert_close(g_fused, g_eager, rtol=1e-10, atol=1e-12)
+        weights = torch.rand_like(reference)  # a non-uniform upstream gradient
+        (g_reference,) = torch.autograd.grad((reference * weights).sum(), s)
+        for ours in (_SpatialKL.apply(s, t, tau), _kl_fused(s, t, tau)):
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+            (g_ours,) = torch.autograd.grad((ours * weights).sum(), s)
+            torch.testing.assert_close(g_ours, g_reference, rtol=1e-10, atol=1e-12)
