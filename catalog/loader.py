@@ -391,8 +391,11 @@ def schema(name: str) -> dict:
 
 @functools.cache
 def _fast_validator(name: str):
-    import fastjsonschema
-
+    """A compiled validator for the fast path, or ``None`` where fastjsonschema is not installed."""
+    try:
+        import fastjsonschema
+    except ImportError:  # only a speed-up: jsonschema alone gives the same verdicts
+        return None
     return fastjsonschema.compile(schema(name))
 
 
@@ -457,15 +460,17 @@ def _url_message(url: str) -> str:
 
 def schema_problems(doc: Document, name: str) -> list[Problem]:
     """Every JSON Schema violation of ``doc.data``, one problem each, with its line."""
-    try:
-        _fast_validator(name)(doc.data)
-        return []
-    except Exception:  # fastjsonschema's exception, or anything it chokes on: let jsonschema explain
-        pass
+    fast = _fast_validator(name)
+    if fast is not None:
+        try:
+            fast(doc.data)
+            return []
+        except Exception:  # fastjsonschema's exception, or anything it chokes on: let jsonschema explain
+            pass
     problems = []
     for error in _full_validator(name).iter_errors(doc.data):
         problems.extend(_explain(doc, error))
-    if not problems:  # fastjsonschema and jsonschema disagree: should not happen, but never pass silently
+    if not problems and fast is not None:  # the validators disagree: should not happen, but never pass silently
         problems.append(doc.problem((), f"does not match {name}.schema.json"))
     return problems
 

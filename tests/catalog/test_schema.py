@@ -112,3 +112,13 @@ def test_fast_reader_skips_blank_lines_and_comments_inside_blocks():
     data, lines = loader.fast_parse(text)
     assert data == yaml.safe_load(text)
     assert lines[()] == 2 and lines[("authors", 1)] == 7 and lines[("links", 0, "url")] == 11
+
+
+def test_validation_without_fastjsonschema_gives_the_same_verdicts(monkeypatch):
+    """fastjsonschema is only a fast path: without it, jsonschema alone accepts and rejects the same files."""
+    monkeypatch.setattr(loader, "_fast_validator", lambda name: None)
+    catalog, problems = loader.load_catalog(Path(__file__).resolve().parents[2])
+    assert not problems and len(catalog.papers) >= 39
+    doc = loader.Document(path="papers/x.yaml", data={"titel": "x"}, lines={(): 1})
+    messages = [str(p) for p in loader.schema_problems(doc, "paper")]
+    assert any("titel" in m for m in messages)
