@@ -30,7 +30,8 @@ def spatial_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
         ``(N, H, W)`` map, in float32 for half inputs, otherwise in the input dtype.
     """
     n, _, h, w = features.shape
-    energy = upcast(features).abs().mean(dim=1).reshape(n, h * w)
+    # an L1 norm is one fused reduction; abs().mean() would first write |F| out in full
+    energy = torch.linalg.vector_norm(upcast(features), ord=1, dim=1).reshape(n, h * w) / features.shape[1]
     attention = F.softmax(energy / temperature, dim=1).reshape(n, h, w)
     return attention * (h * w) if scale else attention
 
@@ -45,7 +46,7 @@ def channel_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
         ``(N, C)`` weights, in float32 for half inputs, otherwise in the input dtype.
     """
     c = features.shape[1]
-    energy = upcast(features).abs().mean(dim=(2, 3))
+    energy = torch.linalg.vector_norm(upcast(features), ord=1, dim=(2, 3)) / (features.shape[2] * features.shape[3])
     attention = F.softmax(energy / temperature, dim=1)
     return attention * c if scale else attention
 
