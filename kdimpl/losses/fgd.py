@@ -13,18 +13,9 @@ from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..attention import channel_attention, spatial_attention
-from ..masks import pad_boxes
+from ..masks import pad_boxes, scale_boxes_to_feature
 
 __all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks"]
-
-
-def _per_image_hw(image_size: Sequence[int] | Tensor, batch: int, like: Tensor) -> Tensor:
-    size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device)
-    if not _tracing() and not (size.shape == (2,) or size.shape == (batch, 2)):
-        raise ValueError(
-            f"image_size must be (height, width) or an (N, 2) tensor with N={batch}, got shape {tuple(size.shape)}"
-        )
-    return size.expand(batch, 2)
 
 
 _CHUNK = 11  # sums of distinct 2**k, k < 11, are integers < 2048: exact in float16/bfloat16-input, float32-accumulate matmuls
@@ -64,14 +55,8 @@ def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_s
     (which clips) but counts the area ``(y1 - y0 + 1)(x1 - x0 + 1)`` from the unclipped bounds,
     so a box touching the right/bottom border counts one cell more than it covers.
     """
-    size = _per_image_hw(image_size, boxes.shape[0], boxes)
-    height, width = feature_size
-    img_h, img_w = size[:, None, 0], size[:, None, 1]
-    x0 = (boxes[..., 0] / img_w * width).floor()
-    y0 = (boxes[..., 1] / img_h * height).floor()
-    x1 = (boxes[..., 2] / img_w * width).ceil()
-    y1 = (boxes[..., 3] / img_h * height).ceil()
-    return torch.stack([x0, y0, x1, y1], dim=-1)
+    scaled = scale_boxes_to_feature(boxes, image_size, feature_size)
+    return torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
 
 
 def fgd_masks(
