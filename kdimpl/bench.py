@@ -47,7 +47,9 @@ class PeakLiveMemory(TorchDispatchMode):
     """Peak bytes of tensor storage created by operators and still alive, over a region of code.
 
     Works on every device (on CPU PyTorch has no allocator statistics): each operator output's
-    storage is counted until the last tensor referring to it is freed.
+    storage is counted until the last tensor referring to it is freed. Views of storage that
+    existed before the region (``teacher.detach()``, a reshape of an input) allocate nothing and
+    are not counted.
     """
 
     def __init__(self) -> None:
@@ -67,6 +69,9 @@ class PeakLiveMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
@@ -74,6 +79,8 @@ class PeakLiveMemory(TorchDispatchMode):
                 if ptr == 0:
                     continue
                 entry = self.live.get(ptr)
+                if entry is None and ptr in inputs:
+                    continue  # a view of (or in-place result on) storage that existed before the region
                 if entry is None:
                     self.live[ptr] = entry = [storage.nbytes(), 0]
                     self.current += entry[0]

@@ -116,6 +116,11 @@ def fkd_loss(
         with ``sqrt(N H W)``; the gradient at an exactly zero term is taken as 0 (the plain
         square root would give infinity). Whether the paper builds the masks from the summed
         attentions before the softmax could not be checked (paper text not available here).
+
+        ``torch.compile`` with dynamic shapes (what it switches to once a second level size is seen)
+        fails in inductor as of torch 2.13 on the non-local blocks' convolutions
+        (pytorch/pytorch#185510); compile with ``dynamic=False`` (one graph per level size), or
+        compile the whole multi-level step, whose shapes are static.
     """
     check_feature_pair(student, teacher)
     check_positive(temperature, "temperature")
@@ -126,10 +131,14 @@ def fkd_loss(
     t = upcast(teacher.detach())
     mask_spatial, mask_channel = fkd_attention_masks(s, t, temperature)
 
-    squares = (t - student_adapter.feature(s)).square() * mask_spatial[:, None]
+    # Sum the squared errors over channels before applying the (N, H, W) spatial mask: one pass fewer,
+    # and no (N, 1, H, W) view, whose ambiguous strides break inductor under dynamic shapes.
+    squares = (t - student_adapter.feature(s)).square()
     if use_channel_mask:
-        squares = squares * mask_channel[:, :, None, None]
-    feature = _norm_of_sum(squares)
+        per_cell = torch.einsum("nkhw,nk->nhw", squares, mask_channel)
+    else:
+        per_cell = squares.sum(dim=1)
+    feature = _norm_of_sum(per_cell * mask_spatial)
     channel = _norm_of_sum((t.mean(dim=(2, 3)) - student_adapter.channel(s.mean(dim=(2, 3)))).square())
     spatial = _norm_of_sum(
         (t.mean(dim=1, keepdim=True) - student_adapter.spatial(s.mean(dim=1, keepdim=True))).square()

@@ -38,6 +38,21 @@ def test_peak_live_memory_counts_intermediates():
     assert tracker.current == 0
 
 
+def test_peak_live_memory_ignores_views_of_existing_storage():
+    x = torch.zeros(1024)
+    tracker = bench.PeakLiveMemory()
+    with tracker:
+        detached = x.detach()  # shares x's storage: nothing allocated
+        flat = detached.view(32, 32)
+        x.add_(1)  # in place on existing storage
+        y = flat * 2  # 4 KiB
+        y_view = y.view(-1)  # a view of new storage counts once
+        del detached, flat
+    assert tracker.peak == 1024 * 4
+    del y, y_view
+    assert tracker.current == 0
+
+
 def test_main_reports_every_selected_case(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "LEVELS", TINY_LEVELS)
     out = tmp_path / "bench.json"
