@@ -45,8 +45,8 @@ def defeat_box_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0
     return torch.floor(torch.log2(scale / finest_scale + 1e-6)).clamp(0, num_levels - 1).long()
 
 
-def _level_cell_bounds(boxes: Tensor, stride: float, feature_size: Sequence[int]) -> Tensor:
-    """Inclusive cell bounds of the official rasterisation on one level.
+def _level_cell_bounds(boxes: Tensor, stride: float | Tensor, feature_size: Sequence[int | Tensor]) -> Tensor:
+    """Inclusive cell bounds of the official rasterisation on one level (or per box, given tensors).
 
     Box corners are divided by the stride and truncated to int; the region is the end-exclusive
     slice ``[y1:y2, x1:x2]`` clipped to the map, or the single cell ``(y1, x1)`` when the slice
@@ -64,26 +64,25 @@ def _level_cell_bounds(boxes: Tensor, stride: float, feature_size: Sequence[int]
     return torch.stack([x0, y0, x1, y1], dim=-1)
 
 
-def _union_of_boxes(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
-    """``(N, H, W)`` bool union of the boxes' inclusive cell ranges.
+def _cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
+    """``(N, H, W)`` float32 number of boxes covering each cell (inclusive cell ranges).
 
-    Same result as ``masks.rasterize_boxes(bounds, valid, size).any(1)``, but a rectangle is the
-    outer product of a row and a column indicator, so the union is one batched matmul of
-    ``(N, H, M)`` by ``(N, M, W)`` counts instead of an ``(N, M, H, W)`` tensor.
+    ``> 0`` gives ``masks.rasterize_boxes(bounds, valid, size).any(1)``, but a rectangle is the
+    outer product of a row and a column indicator, so the counts are one batched matmul of
+    ``(N, H, M)`` by ``(N, M, W)`` instead of an ``(N, M, H, W)`` tensor.
     """
     height, width = feature_size
     ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)
     xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)
     rows = (ys >= bounds[..., 1, None]) & (ys <= bounds[..., 3, None]) & valid[..., None]  # (N, M, H)
     cols = (xs >= bounds[..., 0, None]) & (xs <= bounds[..., 2, None])  # (N, M, W)
-    counts = torch.bmm(rows.transpose(1, 2).float(), cols.float())
-    return counts > 0
+    return torch.bmm(rows.transpose(1, 2).float(), cols.float())
 
 
 def _gt_mask_level(boxes: Tensor, valid: Tensor, levels: Tensor, level: int, stride: float, feature_size) -> Tensor:
     bounds = _level_cell_bounds(boxes, stride, feature_size)
     on_level = valid & (levels == level)
-    return _union_of_boxes(bounds, on_level, feature_size)
+    return _cover_counts(bounds, on_level, feature_size) > 0
 
 
 def defeat_gt_masks(
@@ -122,10 +121,21 @@ def defeat_gt_masks(
     check_boxes(boxes, boxes.shape[0])
     boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
     levels = defeat_box_levels(boxes, len(strides), finest_scale)
-    return [
-        _gt_mask_level(boxes, valid, levels, i, stride, tuple(size)).to(boxes.dtype)
-        for i, (size, stride) in enumerate(zip(feature_sizes, strides))
-    ]
+    # Each box lives on one level, so all levels come from one matmul: stack the levels' rows
+    # (and columns) end to end, shift every box into its level's block, and cut the diagonal
+    # blocks out of the (N, sum H, sum W) union. Off-diagonal blocks stay empty.
+    heights = [int(size[0]) for size in feature_sizes]
+    widths = [int(size[1]) for size in feature_sizes]
+    row_starts = [sum(heights[:i]) for i in range(len(heights))]
+    col_starts = [sum(widths[:i]) for i in range(len(widths))]
+    per_box = lambda values: boxes.new_tensor(values)[levels]  # noqa: E731
+    x0, y0, x1, y1 = _level_cell_bounds(
+        boxes, per_box(strides)[..., None], (per_box(heights), per_box(widths))
+    ).unbind(dim=-1)
+    row, col = per_box(row_starts), per_box(col_starts)
+    shifted = torch.stack([x0 + col, y0 + row, x1 + col, y1 + row], dim=-1)
+    union = _cover_counts(shifted, valid, (sum(heights), sum(widths))).clamp_(max=1).to(boxes.dtype)
+    return [union[:, r : r + h, c : c + w] for r, c, h, w in zip(row_starts, col_starts, heights, widths)]
 
 
 def defeat_loss(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .._checks import check_feature_pair, check_positive, check_reduction
 from .._dtypes import upcast
@@ -20,6 +21,45 @@ def _check_pkd_inputs(student: Tensor, teacher: Tensor, resize: str) -> None:
     if resize not in _RESIZE:
         raise ValueError(f"resize must be one of {_RESIZE}, got {resize!r}")
     check_feature_pair(student, teacher, same_spatial=False)
+
+
+class _StandardizedSquaredError(torch.autograd.Function):
+    """Per channel ``1/2 sum (s_hat - t_hat)^2`` over ``(N, H, W)``, in closed form, with an analytic gradient.
+
+    With centred features ``ds, dt``, ``S = sum ds^2``, ``T = sum dt^2``, ``X = sum ds dt`` and
+    ``a = 1 / (sigma_s + eps)``, ``b = 1 / (sigma_t + eps)``, ``sigma = sqrt(S / (m - 1))``:
+    ``L = (S a^2 + T b^2 - 2 X a b) / 2``. Because centred features sum to zero, the gradient is
+    ``dL/ds = 2 (dL/dS) ds + (dL/dX) dt`` per channel: one elementwise pass in backward, and only
+    the inputs (held by autograd anyway) and per-channel numbers saved.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, eps: float) -> Tensor:
+        dims = (0, 2, 3)
+        count = s.shape[0] * s.shape[2] * s.shape[3]
+        mean_s, mean_t = s.mean(dim=dims, keepdim=True), t.mean(dim=dims, keepdim=True)
+        ds, dt = s - mean_s, t - mean_t
+        ss, tt, st = (ds * ds).sum(dim=dims), (dt * dt).sum(dim=dims), (ds * dt).sum(dim=dims)
+        dof = count - 1 if count > 1 else 1
+        # A constant student channel (S = 0) would give sigma'(S) = inf: its S is clamped to the
+        # smallest normal number there, where eps dominates a anyway, and the clamp's zero slope applies.
+        tiny = torch.finfo(ss.dtype).tiny
+        sigma_s = torch.sqrt(ss.clamp_min(tiny) / dof)
+        a = 1.0 / (sigma_s + eps)
+        b = 1.0 / (torch.sqrt(tt / dof) + eps)
+        loss = 0.5 * (ss * a**2 + tt * b**2 - 2.0 * st * a * b)
+        # dL/dS = a^2 / 2 + (S a - X b) da/dS, da/dS = -a^2 / (2 (m - 1) sigma_s) above the clamp
+        dloss_dss = 0.5 * a**2 - (ss * a - st * b) * a**2 / (2 * dof * sigma_s) * (ss > tiny)
+        ctx.save_for_backward(s, t, mean_s, mean_t, 2.0 * dloss_dss, -a * b)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor):
+        s, t, mean_s, mean_t, coef_s, coef_t = ctx.saved_tensors
+        coef_s = (grad_loss * coef_s)[:, None, None]
+        coef_t = (grad_loss * coef_t)[:, None, None]
+        return (s - mean_s) * coef_s + (t - mean_t) * coef_t, None, None
 
 
 def pkd_loss(
@@ -83,7 +123,8 @@ def pkd_loss(
         batch-mates (as in the official code). The loss is computed in closed form from three
         per-channel sums (:math:`\sum \tilde s^2, \sum \tilde t^2, \sum \tilde s \tilde t` of the
         centred features), which equals the official standardise-then-MSE value to rounding
-        without materialising the standardised maps. Deviations from the official code:
+        without materialising the standardised maps; its gradient is analytic (one elementwise
+        pass in backward, first order only). Deviations from the official code:
         resizing happens whenever the spatial sizes differ (official: only when the heights
         differ, and a width-only mismatch fails an assertion); a channel with a single value
         (:math:`N H W = 1`) uses the population standard deviation instead of returning NaN.
@@ -99,21 +140,7 @@ def pkd_loss(
             teacher = F.interpolate(upcast(teacher), size=student.shape[-2:], mode="bilinear", align_corners=False)
     n, c, h, w = teacher.shape
     count = n * h * w
-    dims = (0, 2, 3)
-    s = upcast(student)
-    t = upcast(teacher)
-    ds = s - s.mean(dim=dims, keepdim=True)
-    dt = t - t.mean(dim=dims, keepdim=True)
-    ss = (ds * ds).sum(dim=dims)
-    tt = (dt * dt).sum(dim=dims)
-    st = (ds * dt).sum(dim=dims)
-    correction = 1 if count > 1 else 0
-    # sqrt of a sum of squares has an infinite derivative at 0 (a constant channel); the
-    # clamp keeps its gradient finite, and eps dominates there anyway.
-    tiny = torch.finfo(ss.dtype).tiny
-    scale_s = 1.0 / (torch.sqrt(ss.clamp_min(tiny) / (count - correction)) + eps)
-    scale_t = 1.0 / (torch.sqrt(tt / (count - correction)) + eps)
-    per_channel = 0.5 * (ss * scale_s**2 + tt * scale_t**2 - 2.0 * st * scale_s * scale_t)
+    per_channel = _StandardizedSquaredError.apply(upcast(student), upcast(teacher), float(eps))
     if reduction == "mean":
         return (per_channel.sum() / (count * c)).to(student.dtype)
     return reduce_loss(per_channel, reduction).to(student.dtype)
