@@ -4,6 +4,7 @@ Workload (the issue's reference): batch 2, 256 channels, the five FPN levels of 
 input (strides 4 to 64), 20 boxes per image. For each loss it reports forward+backward time
 in eager mode and under ``torch.compile``, peak memory of the tensors live during the step,
 and the time as a multiple of copying the same feature tensors (the memory-bandwidth floor).
+Gradients are reset to ``None`` before every step, as ``optimizer.zero_grad()`` does.
 """
 
 from __future__ import annotations
@@ -95,14 +96,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(step: Callable[[], None], device: torch.device, min_time: float, warmup: int = 2) -> float:
-    """Median seconds of ``step`` over repeats filling at least ``min_time`` seconds."""
+def time_step(
+    step: Callable[[], None], device: torch.device, min_time: float, warmup: int = 2, min_repeats: int = 3
+) -> float:
+    """Median seconds of ``step`` over at least ``min_repeats`` repeats filling at least ``min_time`` seconds."""
     for _ in range(warmup):
         step()
     _sync(device)
     samples: list[float] = []
     start = time.perf_counter()
-    while len(samples) < 3 or time.perf_counter() - start < min_time:
+    while len(samples) < min_repeats or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
         step()
         _sync(device)
@@ -112,8 +115,24 @@ def time_step(step: Callable[[], None], device: torch.device, min_time: float, w
     return statistics.median(samples)
 
 
-def _fwd_bwd(loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+def grad_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors whose ``.grad`` a ``loss.backward()`` fills (student features, adapter weights)."""
+    leaves, seen, stack = [], set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def _fwd_bwd(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> Callable[[], None]:
     def step() -> None:
+        for leaf in leaves:  # as optimizer.zero_grad(set_to_none=True): no accumulation pass in the timing
+            leaf.grad = None
         loss_fn().backward()
 
     return step
@@ -131,23 +150,50 @@ def copy_floor(device, dtype, channels: int, batch: int, min_time: float) -> flo
     return time_step(step, device, min_time)
 
 
-def peak_memory(loss_fn: Callable[[], torch.Tensor]) -> int:
+def peak_memory(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> int:
+    for leaf in leaves:
+        leaf.grad = None
     tracker = PeakLiveMemory()
     with tracker:
         loss_fn().backward()
     return tracker.peak
 
 
-def run_case(case: BenchCase, device, dtype, modes: list[str], batch: int, boxes: list[torch.Tensor], min_time: float):
+def cuda_peak_memory(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor], device: torch.device) -> int:
+    """The caching allocator's peak during one step, above what was allocated before it (CUDA only)."""
+    for leaf in leaves:
+        leaf.grad = None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    loss_fn().backward()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def run_case(
+    case: BenchCase,
+    device,
+    dtype,
+    modes: list[str],
+    batch: int,
+    boxes: list[torch.Tensor],
+    min_time: float,
+    min_repeats: int = 3,
+    warmup: int = 2,
+):
     row: dict[str, object] = {"name": case.name}
     loss_fn = case.make(device, dtype, LEVELS, boxes, IMAGE_SIZE)
+    leaves = grad_leaves(loss_fn())
     if "eager" in modes:
-        row["eager_ms"] = 1e3 * time_step(_fwd_bwd(loss_fn), device, min_time)
-        row["peak_mib"] = peak_memory(loss_fn) / 2**20
+        row["eager_ms"] = 1e3 * time_step(_fwd_bwd(loss_fn, leaves), device, min_time, warmup, min_repeats)
+        row["peak_mib"] = peak_memory(loss_fn, leaves) / 2**20
+        if device.type == "cuda":
+            row["cuda_peak_mib"] = cuda_peak_memory(loss_fn, leaves, device) / 2**20
     if "compile" in modes:
         torch._dynamo.reset()
         compiled = torch.compile(loss_fn)
-        row["compile_ms"] = 1e3 * time_step(_fwd_bwd(compiled), device, min_time, warmup=3)
+        row["compile_ms"] = 1e3 * time_step(_fwd_bwd(compiled, leaves), device, min_time, warmup + 1, min_repeats)
     return row
 
 
@@ -175,8 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--boxes", type=int, default=20, help="boxes per image")
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of repeats per measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="one warm-up and one timed step per measurement (minutes, not tens)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.min_time = 0.0
+    warmup, min_repeats = (1, 1) if args.quick else (2, 3)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -199,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for case in cases:
         try:
-            row = run_case(case, device, dtype, modes, args.batch, boxes, args.min_time)
+            row = run_case(case, device, dtype, modes, args.batch, boxes, args.min_time, min_repeats, warmup)
         except Exception as error:  # keep benchmarking the others; report the failure
             row = {"name": case.name, "error": f"{type(error).__name__}: {error}"}
             print(f"{case.name:32} failed: {row['error']}", file=sys.stderr)
@@ -214,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(key: str) -> str:
             return f"{row[key] / floor:>7.1f}x" if key in row else " " * 7 + "-"
 
-        print(f"{case.name:32} {cell('eager_ms', 9)} {ratio('eager_ms')} {cell('compile_ms', 12)} {ratio('compile_ms')} {cell('peak_mib', 9)}")
+        cuda_peak = f"  (CUDA allocator peak {row['cuda_peak_mib']:.1f} MiB)" if "cuda_peak_mib" in row else ""
+        print(
+            f"{case.name:32} {cell('eager_ms', 9)} {ratio('eager_ms')} {cell('compile_ms', 12)} {ratio('compile_ms')}"
+            f" {cell('peak_mib', 9)}{cuda_peak}"
+        )
         rows.append(row)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -62,3 +62,41 @@ def test_main_reports_every_selected_case(tmp_path, monkeypatch, capsys):
     assert [row["name"] for row in report["results"]] == ["cwd"]
     assert report["results"][0]["eager_ms"] > 0 and report["environment"]["threads"] >= 1
     assert "copy floor" in capsys.readouterr().out
+
+
+def test_grad_leaves_finds_features_and_adapter_weights():
+    student = torch.randn(2, 3, requires_grad=True)
+    adapter = torch.nn.Linear(3, 3)
+    teacher = torch.randn(2, 3)
+    loss = (adapter(student) - teacher).square().sum() + (student * 2).sum()  # student reached twice
+    leaves = bench.grad_leaves(loss)
+    assert {id(t) for t in leaves} == {id(student), id(adapter.weight), id(adapter.bias)}
+    assert len(leaves) == 3
+
+
+def test_timed_step_resets_gradients_instead_of_accumulating():
+    student = torch.randn(4, requires_grad=True)
+    loss_fn = lambda: (student * 3).sum()  # noqa: E731
+    step = bench._fwd_bwd(loss_fn, bench.grad_leaves(loss_fn()))
+    step()
+    step()
+    assert torch.equal(student.grad, torch.full((4,), 3.0))
+
+
+def test_quick_mode_runs_one_step_per_measurement(monkeypatch):
+    monkeypatch.setattr(bench, "LEVELS", TINY_LEVELS)
+    calls = []
+    real = bench._fwd_bwd
+
+    def counting(loss_fn, leaves):
+        step = real(loss_fn, leaves)
+
+        def counted():
+            calls.append(1)
+            step()
+
+        return counted
+
+    monkeypatch.setattr(bench, "_fwd_bwd", counting)
+    assert bench.main(["--losses", "cwd", "--mode", "eager", "--quick"]) == 0
+    assert len(calls) == 2  # one warm-up, one timed
