@@ -57,7 +57,9 @@ def chen2017_hint_loss(
         - output: scalar, or the input shape with ``reduction='none'``
 
     Reference:
-        Chen et al., NeurIPS 2017 (hint learning with adaptation layers).
+        Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
+        Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
+        No official code; hint learning with adaptation layers.
 
     Notes:
         The paper does not state how the hint loss is normalised; choose ``reduction`` and the
@@ -118,7 +120,9 @@ def chen2017_soft_ce_loss(
         - output: scalar, or :math:`(R,)` with ``reduction='none'``
 
     Reference:
-        Chen et al., NeurIPS 2017 (weighted cross-entropy for class imbalance).
+        Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
+        Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
+        No official code; weighted cross-entropy for class imbalance.
 
     Notes:
         This is soft-target cross-entropy, not KL: it is not zero when the distributions match
@@ -196,7 +200,9 @@ def chen2017_bounded_regression_loss(
         - output: scalar, or :math:`(...)` with ``reduction='none'``
 
     Reference:
-        Chen et al., NeurIPS 2017 (teacher bounded regression loss).
+        Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
+        Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
+        No official code; teacher bounded regression loss.
 
     Notes:
         The gate is a strict inequality, as transcribed: a student whose error plus :math:`m` equals

@@ -337,6 +337,10 @@ def defeat_roi_kd_loss(
         reduction: ``'mean'``: the per-set averages above; ``'sum'``: weighted sums of the per-RoI
             :math:`T^2\,\mathrm{KL}`; ``'none'``: the ``(R,)`` weighted per-RoI terms.
 
+    Shape:
+        - student_logits, teacher_logits: :math:`(R, K + 1)`; labels: :math:`(R,)`
+        - output: scalar, or :math:`(R,)` with ``reduction='none'``
+
     Reference:
         Guo et al., CVPR 2021, arXiv:2103.14475; ggjy/DeFeat.pytorch@c46a793
         (``mmdet/apis/train.py``: ``KLDivergenceLoss`` and the ``KL-decouple`` branch).

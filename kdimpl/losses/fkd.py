@@ -92,7 +92,7 @@ def fkd_loss(
 
     Reference:
         Linfeng Zhang, Kaisheng Ma. "Improve Object Detection with Feature-based Knowledge
-        Distillation: Towards Accurate and Efficient Detectors". ICLR 2021 (OpenReview uKhGRvM8QNH);
+        Distillation: Towards Accurate and Efficient Detectors". ICLR 2021 (OpenReview uKhGRvM8QNH, no arXiv version);
         extended as "Structured Knowledge Distillation for Accurate and Efficient Object
         Detection", TPAMI 2023 (doi:10.1109/TPAMI.2023.3300470), same losses.
         Official code: the OpenReview supplementary (README at

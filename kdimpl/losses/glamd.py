@@ -115,7 +115,7 @@ def glamd_loss(
 
     Reference:
         Y. Jang, W. Shin (equal contribution) et al. "GLAMD: Global and Local Attention Mask
-        Distillation for Object Detectors". ECCV 2022, LNCS 13670, doi:10.1007/978-3-031-20080-9_27.
+        Distillation for Object Detectors". ECCV 2022, LNCS 13670, doi:10.1007/978-3-031-20080-9_27 (no arXiv version).
         No official code found.
 
     Example:
