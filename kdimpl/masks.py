@@ -12,11 +12,21 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_boxes
 
-__all__ = ["pad_boxes", "scale_boxes_to_feature", "box_cell_bounds", "rasterize_boxes", "foreground_mask", "inverse_area_mask"]
+__all__ = [
+    "pad_boxes",
+    "scale_boxes_to_feature",
+    "box_cell_bounds",
+    "rasterize_boxes",
+    "cover_counts",
+    "max_cover",
+    "foreground_mask",
+    "inverse_area_mask",
+]
 
 ImageSize = Sequence[int] | Tensor
 
@@ -104,14 +114,69 @@ def rasterize_boxes(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) 
     return inside_y & inside_x & valid[..., None, None]
 
 
+def _row_col_indicators(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(N, M, H)`` rows and ``(N, M, W)`` columns inside each box's inclusive range (invalid boxes: no rows)."""
+    height, width = feature_size
+    ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)
+    xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)
+    rows = (ys >= bounds[..., 1, None]) & (ys <= bounds[..., 3, None]) & valid[..., None]
+    cols = (xs >= bounds[..., 0, None]) & (xs <= bounds[..., 2, None])
+    return rows, cols
+
+
+def cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
+    """``(N, H, W)`` float32 number of boxes covering each cell, from inclusive cell bounds ``(N, M, 4)``.
+
+    Equals ``rasterize_boxes(bounds, valid, feature_size).sum(1)``, but a rectangle is the outer
+    product of a row and a column indicator, so the counts are one batched ``(N, H, M) x (N, M, W)``
+    matmul instead of an ``(N, M, H, W)`` tensor. Bounds outside the map are clipped by the
+    comparison (a negative start covers from 0).
+    """
+    rows, cols = _row_col_indicators(bounds, valid, feature_size)
+    return torch.bmm(rows.transpose(1, 2).float(), cols.float())
+
+
+# Sums of distinct 2**k, k < 11, are integers < 2048: exact in float16/bfloat16-input, float32-accumulate matmuls.
+_CHUNK = 11
+
+
+def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Sequence[int]) -> Tensor:
+    """Per cell, the largest ``weight`` ``(N, M)`` of the boxes covering it (0 where none), as ``(N, H, W)``.
+
+    Equals ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` for non-negative weights,
+    without ``(N, M, H, W)`` tensors: boxes are sorted by weight and, within chunks of ``_CHUNK``
+    boxes, the k-th box contributes ``2**k`` to one matmul of row and column indicators, so the
+    highest set bit of a cell's sum names its heaviest covering box (exact integer arithmetic).
+    """
+    height, width = feature_size
+    n, m = valid.shape
+    if m == 0:
+        return weight.new_zeros((n, height, width))
+    rows, cols = _row_col_indicators(bounds, valid, feature_size)
+    groups = -(-m // _CHUNK)
+    pad = groups * _CHUNK - m
+    order = weight.argsort(dim=1)
+    sorted_weight = weight.gather(1, order)
+    code = torch.exp2(torch.arange(groups * _CHUNK, device=rows.device, dtype=torch.float32) % _CHUNK)
+    r = F.pad(rows.gather(1, order[..., None].expand(n, m, height)).float(), (0, 0, 0, pad)) * code[:, None]
+    c = F.pad(cols.gather(1, order[..., None].expand(n, m, width)).float(), (0, 0, 0, pad))
+    sums = r.reshape(n, groups, _CHUNK, height).transpose(-1, -2) @ c.reshape(n, groups, _CHUNK, width)
+    # floor(log2(s + 1/2)) is the highest set bit of an integer s < 2048, with a wide float32 margin.
+    offset = _CHUNK * torch.arange(groups, device=rows.device, dtype=torch.float32)[:, None, None]
+    sums = sums.float()  # under autocast the matmul may return float16, where s + 1/2 rounds
+    top = torch.where(sums > 0, (sums + 0.5).log2().floor() + offset, -1.0).amax(dim=1).long()
+    picked = sorted_weight.gather(1, top.clamp(min=0).flatten(1)).reshape(n, height, width)
+    return torch.where(top >= 0, picked, torch.zeros_like(picked))
+
+
 def foreground_mask(
     gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], valid: Tensor | None = None
 ) -> Tensor:
     """Binary ``(N, H, W)`` mask of the cells covered by any box (:func:`box_cell_bounds` covering)."""
     boxes, valid = pad_boxes(gt_boxes, valid)
     check_boxes(boxes, boxes.shape[0])
-    masks = rasterize_boxes(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
-    return masks.any(dim=1).to(boxes.dtype)
+    counts = cover_counts(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
+    return counts.clamp_(max=1).to(boxes.dtype)
 
 
 def inverse_area_mask(
@@ -125,9 +190,5 @@ def inverse_area_mask(
     boxes, valid = pad_boxes(gt_boxes, valid)
     check_boxes(boxes, boxes.shape[0])
     bounds = box_cell_bounds(boxes, image_size, feature_size)
-    masks = rasterize_boxes(bounds, valid, feature_size)
     area = (bounds[..., 2] - bounds[..., 0] + 1).clamp(min=1) * (bounds[..., 3] - bounds[..., 1] + 1).clamp(min=1)
-    weights = masks.to(boxes.dtype) / area[..., None, None]  # empty boxes: 0 / 1
-    if weights.shape[1] == 0:
-        return weights.new_zeros((weights.shape[0], *feature_size))
-    return weights.amax(dim=1)
+    return max_cover(bounds, valid, area.reciprocal(), feature_size)  # empty boxes cover no cell

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .._checks import _tracing, check_boxes, check_feature_pair, check_positive, check_reduction, check_tensor
 from .._dtypes import upcast
 from .._registry import register_loss
-from ..masks import pad_boxes
+from ..masks import cover_counts, pad_boxes
 
 __all__ = [
     "defeat_box_levels",
@@ -64,25 +64,10 @@ def _level_cell_bounds(boxes: Tensor, stride: float | Tensor, feature_size: Sequ
     return torch.stack([x0, y0, x1, y1], dim=-1)
 
 
-def _cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
-    """``(N, H, W)`` float32 number of boxes covering each cell (inclusive cell ranges).
-
-    ``> 0`` gives ``masks.rasterize_boxes(bounds, valid, size).any(1)``, but a rectangle is the
-    outer product of a row and a column indicator, so the counts are one batched matmul of
-    ``(N, H, M)`` by ``(N, M, W)`` instead of an ``(N, M, H, W)`` tensor.
-    """
-    height, width = feature_size
-    ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)
-    xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)
-    rows = (ys >= bounds[..., 1, None]) & (ys <= bounds[..., 3, None]) & valid[..., None]  # (N, M, H)
-    cols = (xs >= bounds[..., 0, None]) & (xs <= bounds[..., 2, None])  # (N, M, W)
-    return torch.bmm(rows.transpose(1, 2).float(), cols.float())
-
-
 def _gt_mask_level(boxes: Tensor, valid: Tensor, levels: Tensor, level: int, stride: float, feature_size) -> Tensor:
     bounds = _level_cell_bounds(boxes, stride, feature_size)
     on_level = valid & (levels == level)
-    return _cover_counts(bounds, on_level, feature_size) > 0
+    return cover_counts(bounds, on_level, feature_size) > 0
 
 
 def defeat_gt_masks(
@@ -134,7 +119,7 @@ def defeat_gt_masks(
     ).unbind(dim=-1)
     row, col = per_box(row_starts), per_box(col_starts)
     shifted = torch.stack([x0 + col, y0 + row, x1 + col, y1 + row], dim=-1)
-    union = _cover_counts(shifted, valid, (sum(heights), sum(widths))).clamp_(max=1).to(boxes.dtype)
+    union = cover_counts(shifted, valid, (sum(heights), sum(widths))).clamp_(max=1).to(boxes.dtype)
     return [union[:, r : r + h, c : c + w] for r, c, h, w in zip(row_starts, col_starts, heights, widths)]
 
 

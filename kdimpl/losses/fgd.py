@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import _tracing, check_boxes, check_feature_pair, check_positive, check_reduction
@@ -13,37 +12,9 @@ from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..attention import channel_attention, spatial_attention
-from ..masks import pad_boxes, scale_boxes_to_feature
+from ..masks import max_cover, pad_boxes, scale_boxes_to_feature
 
 __all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks"]
-
-
-_CHUNK = 11  # sums of distinct 2**k, k < 11, are integers < 2048: exact in float16/bfloat16-input, float32-accumulate matmuls
-
-
-def _max_cover(rows: Tensor, cols: Tensor, weight: Tensor) -> Tensor:
-    """Per cell, the largest ``weight`` of the boxes covering it (0 if none), without ``(N, M, H, W)`` tensors.
-
-    Box ``m`` covers cell ``(i, j)`` iff ``rows[n, m, i] and cols[n, m, j]``. Boxes are sorted by weight;
-    within chunks of ``_CHUNK`` boxes the k-th box contributes ``2**k`` through one matmul, so the highest
-    set bit of the sum names the heaviest covering box of the chunk (exact integer arithmetic).
-    """
-    n, m, height = rows.shape
-    width = cols.shape[-1]
-    groups = -(-m // _CHUNK)
-    pad = groups * _CHUNK - m
-    order = weight.argsort(dim=1)
-    sorted_weight = weight.gather(1, order)
-    code = torch.exp2(torch.arange(groups * _CHUNK, device=rows.device, dtype=torch.float32) % _CHUNK)
-    r = F.pad(rows.gather(1, order[..., None].expand(n, m, height)).float(), (0, 0, 0, pad)) * code[:, None]
-    c = F.pad(cols.gather(1, order[..., None].expand(n, m, width)).float(), (0, 0, 0, pad))
-    sums = r.reshape(n, groups, _CHUNK, height).transpose(-1, -2) @ c.reshape(n, groups, _CHUNK, width)
-    # floor(log2(s + 1/2)) is the highest set bit of an integer s < 2048, with a wide float32 margin.
-    offset = _CHUNK * torch.arange(groups, device=rows.device, dtype=torch.float32)[:, None, None]
-    sums = sums.float()  # under autocast the matmul may return float16, where s + 1/2 rounds
-    top = torch.where(sums > 0, (sums + 0.5).log2().floor() + offset, -1.0).amax(dim=1).long()
-    picked = sorted_weight.gather(1, top.clamp(min=0).flatten(1)).reshape(n, height, width)
-    return torch.where(top >= 0, picked, torch.zeros_like(picked))
 
 
 def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_size: Sequence[int]) -> Tensor:
@@ -85,8 +56,8 @@ def fgd_masks(
         valid: optional ``(N, M)`` mask of real boxes for a padded tensor.
 
     Notes:
-        Boxes are rasterised with :func:`fgd_cell_bounds` (see there for the area quirk) by a
-        matmul over box rows and columns, never materialising ``(N, M, H, W)``. Two
+        Boxes are rasterised with :func:`fgd_cell_bounds` (see there for the area quirk) by
+        :func:`kdimpl.masks.max_cover`, never materialising ``(N, M, H, W)``. Two
         deliberate departures from the official per-box slicing, both only for boxes reaching
         outside the image: a negative start index is clipped to 0 (the official slice wraps
         around to the far end of the map), and inverted boxes cover nothing.
@@ -94,19 +65,11 @@ def fgd_masks(
     boxes, valid = pad_boxes(gt_boxes, valid)
     check_boxes(boxes, boxes.shape[0])
     boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
-    height, width = feature_size
-    x0, y0, x1, y1 = fgd_cell_bounds(boxes, image_size, feature_size).unbind(dim=-1)
-    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)
-    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)
-    rows = (ys >= y0[..., None]) & (ys <= y1[..., None]) & valid[..., None]  # (N, M, H)
-    cols = (xs >= x0[..., None]) & (xs <= x1[..., None])  # (N, M, W)
+    bounds = fgd_cell_bounds(boxes, image_size, feature_size)
+    x0, y0, x1, y1 = bounds.unbind(dim=-1)
     # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
     weight = (y1 - y0 + 1).clamp(min=1).reciprocal() / (x1 - x0 + 1).clamp(min=1)
-    n, m = valid.shape
-    if m == 0:
-        fg = boxes.new_zeros((n, height, width))
-    else:
-        fg = _max_cover(rows, cols, weight)
+    fg = max_cover(bounds, valid, weight, feature_size)
     background = (fg == 0).to(fg.dtype)
     bg = background / background.sum(dim=(1, 2), keepdim=True).clamp(min=1)
     return fg, bg

@@ -173,3 +173,35 @@ def test_box_past_the_border_counts_only_visible_cells():
     # cells 2..3 of 4 columns are visible (x from 60 to 140 on a 100-pixel image), rows 0..2
     inv = masks.inverse_area_mask([torch.tensor([[60.0, 0.0, 140.0, 50.0]])], (100, 100), (4, 4))
     assert inv[0, :3, 2:].eq(1 / 6).all() and inv.count_nonzero() == 6
+
+
+def _naive_cover(bounds, valid, weight, feat_hw):
+    """Per image and cell: how many valid boxes cover it and the largest weight among them (0 if none)."""
+    h, w = feat_hw
+    counts = torch.zeros(bounds.shape[0], h, w)
+    best = torch.zeros(bounds.shape[0], h, w)
+    for n in range(bounds.shape[0]):
+        for m in range(bounds.shape[1]):
+            if not valid[n, m]:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in bounds[n, m])
+            for i in range(h):
+                for j in range(w):
+                    if y0 <= i <= y1 and x0 <= j <= x1:
+                        counts[n, i, j] += 1
+                        best[n, i, j] = max(best[n, i, j], float(weight[n, m]))
+    return counts, best
+
+
+@pytest.mark.parametrize("num_boxes", [0, 1, 5, 11, 12, 25])  # around the 11-box chunks of max_cover
+def test_cover_counts_and_max_cover_match_a_loop_over_boxes(num_boxes):
+    g = torch.Generator().manual_seed(num_boxes)
+    feat_hw = (7, 9)
+    start = torch.randint(-3, 9, (2, num_boxes, 2), generator=g).float()  # some start left/above the map
+    size = torch.randint(-1, 6, (2, num_boxes, 2), generator=g).float()  # -1: inverted, covers nothing
+    bounds = torch.cat([start, start + size], dim=-1)
+    valid = torch.rand(2, num_boxes, generator=g) > 0.2
+    weight = torch.randint(1, 6, (2, num_boxes), generator=g).float() / 7  # ties on purpose
+    counts, best = _naive_cover(bounds, valid, weight, feat_hw)
+    assert torch.equal(masks.cover_counts(bounds, valid, feat_hw), counts)
+    assert torch.equal(masks.max_cover(bounds, valid, weight, feat_hw), best)
