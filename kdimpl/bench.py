@@ -138,6 +138,13 @@ def _fwd_bwd(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) ->
     return step
 
 
+def _forward_only(build: Callable[[], object], leaves: None = None) -> Callable[[], None]:
+    def step() -> None:
+        build()
+
+    return step
+
+
 def copy_floor(device, dtype, channels: int, batch: int, min_time: float) -> float:
     """Time to copy the student and teacher tensors of all levels once into preallocated buffers."""
     tensors = [torch.randn(batch, channels, h, w, device=device, dtype=dtype) for h, w in LEVELS for _ in range(2)]
@@ -150,23 +157,19 @@ def copy_floor(device, dtype, channels: int, batch: int, min_time: float) -> flo
     return time_step(step, device, min_time)
 
 
-def peak_memory(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> int:
-    for leaf in leaves:
-        leaf.grad = None
+def peak_memory(step: Callable[[], None]) -> int:
     tracker = PeakLiveMemory()
     with tracker:
-        loss_fn().backward()
+        step()
     return tracker.peak
 
 
-def cuda_peak_memory(loss_fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor], device: torch.device) -> int:
+def cuda_peak_memory(step: Callable[[], None], device: torch.device) -> int:
     """The caching allocator's peak during one step, above what was allocated before it (CUDA only)."""
-    for leaf in leaves:
-        leaf.grad = None
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    loss_fn().backward()
+    step()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 
@@ -184,16 +187,17 @@ def run_case(
 ):
     row: dict[str, object] = {"name": case.name}
     loss_fn = case.make(device, dtype, LEVELS, boxes, IMAGE_SIZE)
-    leaves = grad_leaves(loss_fn())
+    leaves = grad_leaves(loss_fn()) if case.backward else None
+    step = _fwd_bwd if case.backward else _forward_only
     if "eager" in modes:
-        row["eager_ms"] = 1e3 * time_step(_fwd_bwd(loss_fn, leaves), device, min_time, warmup, min_repeats)
-        row["peak_mib"] = peak_memory(loss_fn, leaves) / 2**20
+        row["eager_ms"] = 1e3 * time_step(step(loss_fn, leaves), device, min_time, warmup, min_repeats)
+        row["peak_mib"] = peak_memory(step(loss_fn, leaves)) / 2**20
         if device.type == "cuda":
-            row["cuda_peak_mib"] = cuda_peak_memory(loss_fn, leaves, device) / 2**20
+            row["cuda_peak_mib"] = cuda_peak_memory(step(loss_fn, leaves), device) / 2**20
     if "compile" in modes:
         torch._dynamo.reset()
         compiled = torch.compile(loss_fn)
-        row["compile_ms"] = 1e3 * time_step(_fwd_bwd(compiled, leaves), device, min_time, warmup + 1, min_repeats)
+        row["compile_ms"] = 1e3 * time_step(step(compiled, leaves), device, min_time, warmup + 1, min_repeats)
     return row
 
 

@@ -15,15 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_boxes
+from ._checks import _tracing, check_boxes
 
 __all__ = [
     "pad_boxes",
     "scale_boxes_to_feature",
+    "scale_boxes_to_levels",
     "box_cell_bounds",
     "rasterize_boxes",
     "cover_counts",
+    "cover_counts_levels",
     "max_cover",
+    "max_cover_levels",
+    "split_levels",
+    "level_totals",
+    "expand_levels",
     "foreground_mask",
     "inverse_area_mask",
 ]
@@ -73,15 +79,19 @@ def _image_hw(image_size: ImageSize, batch: int, like: Tensor) -> tuple[Tensor, 
     return size[:, :1], size[:, 1:]
 
 
-def scale_boxes_to_feature(boxes: Tensor, image_size: ImageSize, feature_size: Sequence[int]) -> Tensor:
-    """Map ``(N, M, 4)`` pixel boxes to continuous feature-map coordinates (cells)."""
+def scale_boxes_to_levels(boxes: Tensor, image_size: ImageSize, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
+    """Map ``(N, M, 4)`` pixel boxes to the continuous cell coordinates of every level, ``(L, N, M, 4)``."""
     img_h, img_w = _image_hw(image_size, boxes.shape[0], boxes)
-    height, width = feature_size
     # Divide first, then multiply (x / img_w * W): the order of FGD's official code, exact when an edge
     # falls on a cell boundary, where x * (W / img_w) can round up by one ulp and ceil adds a cell.
     image = torch.stack([img_w, img_h, img_w, img_h], dim=-1)  # (N, 1, 4)
-    cells = boxes.new_tensor([width, height, width, height])
+    cells = boxes.new_tensor([[w, h, w, h] for h, w in feature_sizes])[:, None, None]  # (L, 1, 1, 4)
     return boxes / image * cells
+
+
+def scale_boxes_to_feature(boxes: Tensor, image_size: ImageSize, feature_size: Sequence[int]) -> Tensor:
+    """Map ``(N, M, 4)`` pixel boxes to continuous feature-map coordinates (cells)."""
+    return scale_boxes_to_levels(boxes, image_size, [feature_size])[0]
 
 
 def box_cell_bounds(boxes: Tensor, image_size: ImageSize, feature_size: Sequence[int]) -> Tensor:
@@ -114,59 +124,173 @@ def rasterize_boxes(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) 
     return inside_y & inside_x & valid[..., None, None]
 
 
-def _row_col_indicators(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """``(N, M, H)`` rows and ``(N, M, W)`` columns inside each box's inclusive range (invalid boxes: no rows)."""
-    height, width = feature_size
-    ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)
-    xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)
-    rows = (ys >= bounds[..., 1, None]) & (ys <= bounds[..., 3, None]) & valid[..., None]
-    cols = (xs >= bounds[..., 0, None]) & (xs <= bounds[..., 2, None])
-    return rows, cols
+def _level_index(sizes: Sequence[int], device) -> tuple[Tensor, Tensor]:
+    """For levels of ``sizes`` cells laid end to end: each cell's coordinate within its level and its level."""
+    coord = [i for size in sizes for i in range(size)]
+    level = [l for l, size in enumerate(sizes) for _ in range(size)]
+    return torch.tensor(coord, device=device), torch.tensor(level, device=device)
+
+
+def _level_products(
+    row_weight: Tensor, cols: Tensor, feature_sizes: Sequence[Sequence[int]]
+) -> Tensor:
+    """``(N, G, sum H_l W_l)``: per level, ``row_weight^T @ cols`` flattened, all levels end to end.
+
+    ``row_weight`` is ``(N, G, sum H_l, M)`` (levels' rows end to end), ``cols`` is ``(N, sum W_l, M)``.
+    Autocast is off: the products must stay exact float32 integers.
+    """
+    n, groups = row_weight.shape[:2]
+    products, row, col = [], 0, 0
+    with torch.autocast(row_weight.device.type, enabled=False):
+        for height, width in feature_sizes:
+            a = row_weight[:, :, row : row + height]
+            b = cols[:, None, col : col + width].transpose(-1, -2)
+            products.append((a @ b).reshape(n, groups, height * width))
+            row, col = row + height, col + width
+    return products[0] if len(products) == 1 else torch.cat(products, dim=-1)
+
+
+def _row_col_indicators(
+    bounds: Tensor, valid: Tensor, feature_sizes: Sequence[Sequence[int]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row ``(N, sum H_l, M)`` and column ``(N, sum W_l, M)`` indicators of levels' inclusive box ranges.
+
+    ``bounds`` is ``(L, N, M, 4)`` and ``valid`` ``(L, N, M)``; row ``y`` of level ``l`` is inside box
+    ``m`` when ``y0 <= y <= y1`` (invalid boxes have no rows). Also returns each row's level.
+    """
+    ys, row_level = _level_index([int(size[0]) for size in feature_sizes], bounds.device)
+    xs, col_level = _level_index([int(size[1]) for size in feature_sizes], bounds.device)
+    per_image = bounds.transpose(0, 1)  # (N, L, M, 4)
+    y_range = per_image[..., 1::2][:, row_level]  # (N, sum H, M, 2): y0, y1 of each row's level
+    x_range = per_image[..., 0::2][:, col_level]
+    ys, xs = ys.to(bounds.dtype)[:, None], xs.to(bounds.dtype)[:, None]
+    rows = (ys >= y_range[..., 0]) & (ys <= y_range[..., 1]) & valid.transpose(0, 1)[:, row_level]
+    cols = (xs >= x_range[..., 0]) & (xs <= x_range[..., 1])
+    return rows, cols, row_level
+
+
+def _as_levels(bounds: Tensor, valid: Tensor, feature_sizes) -> tuple[Tensor, Tensor]:
+    if valid.dim() == 2:
+        valid = valid.expand(bounds.shape[0], *valid.shape)
+    if not _tracing() and (bounds.shape[0] != len(feature_sizes) or valid.shape != bounds.shape[:3]):
+        raise ValueError(
+            f"bounds {tuple(bounds.shape)} and valid {tuple(valid.shape)} must be (L, N, M, 4) and (N, M) or "
+            f"(L, N, M) with L = {len(feature_sizes)} feature sizes"
+        )
+    return bounds, valid
+
+
+def split_levels(flat: Tensor, feature_sizes: Sequence[Sequence[int]]) -> list[Tensor]:
+    """Views ``(N, H_l, W_l)`` of an ``(N, sum H_l W_l)`` tensor holding the levels end to end."""
+    sizes = [int(h) * int(w) for h, w in feature_sizes]
+    return [part.unflatten(1, (int(h), int(w))) for part, (h, w) in zip(flat.split(sizes, dim=1), feature_sizes)]
+
+
+def level_totals(flat: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
+    """``(N, sum H_l W_l)`` -> ``(N, L)``: the sum over each level's cells, per image."""
+    sizes = [int(h) * int(w) for h, w in feature_sizes]
+    return torch.stack([part.sum(dim=1) for part in flat.split(sizes, dim=1)], dim=1)
+
+
+def expand_levels(per_level: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
+    """``(..., L)`` -> ``(..., sum H_l W_l)``: each level's value repeated over its cells."""
+    # A concatenation of expanded views rather than repeat_interleave, which inductor lowers to a
+    # binary search per cell.
+    parts = [
+        per_level[..., level, None].expand(*per_level.shape[:-1], int(h) * int(w))
+        for level, (h, w) in enumerate(feature_sizes)
+    ]
+    return torch.cat(parts, dim=-1)
+
+
+def cover_counts_levels(bounds: Tensor, valid: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
+    """Number of boxes covering each cell of every level, ``(N, sum H_l W_l)`` float32 (levels end to end).
+
+    ``bounds`` are inclusive cell bounds ``(L, N, M, 4)`` (one set per level), ``valid`` is ``(N, M)``
+    or per level ``(L, N, M)`` (a box may be restricted to some levels). A rectangle is the outer
+    product of a row and a column indicator, so each level's counts are one batched
+    ``(N, H, M) x (N, M, W)`` matmul instead of an ``(N, M, H, W)`` tensor. Bounds outside the map
+    are clipped by the comparison (a negative start covers from 0). :func:`split_levels` gives
+    the per-level ``(N, H_l, W_l)`` views.
+    """
+    bounds, valid = _as_levels(bounds, valid, feature_sizes)
+    rows, cols, _ = _row_col_indicators(bounds, valid, feature_sizes)
+    return _level_products(rows.float()[:, None], cols.float(), feature_sizes)[:, 0]
 
 
 def cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
     """``(N, H, W)`` float32 number of boxes covering each cell, from inclusive cell bounds ``(N, M, 4)``.
 
-    Equals ``rasterize_boxes(bounds, valid, feature_size).sum(1)``, but a rectangle is the outer
-    product of a row and a column indicator, so the counts are one batched ``(N, H, M) x (N, M, W)``
-    matmul instead of an ``(N, M, H, W)`` tensor. Bounds outside the map are clipped by the
-    comparison (a negative start covers from 0).
+    Equals ``rasterize_boxes(bounds, valid, feature_size).sum(1)``; one level of
+    :func:`cover_counts_levels`.
     """
-    rows, cols = _row_col_indicators(bounds, valid, feature_size)
-    return torch.bmm(rows.transpose(1, 2).float(), cols.float())
+    counts = cover_counts_levels(bounds[None], valid, [feature_size])
+    return counts.unflatten(1, tuple(int(s) for s in feature_size))
 
 
-# Sums of distinct 2**k, k < 11, are integers < 2048: exact in float16/bfloat16-input, float32-accumulate matmuls.
-_CHUNK = 11
+# Sums of 1 and distinct 2**k, 1 <= k <= 23, are integers < 2**24: exact in float32 matmuls (and in
+# TF32, whose inputs here are powers of two and whose accumulation is float32).
+_CHUNK = 23
+
+
+def max_cover_levels(
+    bounds: Tensor, valid: Tensor, weight: Tensor, feature_sizes: Sequence[Sequence[int]]
+) -> Tensor:
+    """Per cell of every level, the largest ``weight`` of the boxes covering it (0 where none).
+
+    Args:
+        bounds: inclusive cell bounds ``(L, N, M, 4)``, one set per level.
+        valid: ``(N, M)`` or ``(L, N, M)`` bool mask of the boxes that count (on each level).
+        weight: non-negative ``(L, N, M)`` box weights, per level.
+        feature_sizes: ``(H_l, W_l)`` of the ``L`` levels.
+
+    Returns:
+        ``(N, sum H_l W_l)``, the levels end to end (:func:`split_levels` gives ``(N, H_l, W_l)`` views);
+        equal to ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` level by level.
+
+    Never builds ``(N, M, H, W)`` tensors: within a level, boxes are ranked by weight and, within
+    chunks of ``_CHUNK`` ranks, the box of rank ``k`` adds ``2**(k + 1)`` to one matmul of row and
+    column indicators, so the float32 exponent of a cell's (exact integer) sum names its heaviest
+    covering box.
+    """
+    bounds, valid = _as_levels(bounds, valid, feature_sizes)
+    num_levels, n, m = weight.shape
+    if m == 0:
+        return weight.new_zeros((n, sum(int(h) * int(w) for h, w in feature_sizes)))
+    rows, cols, row_level = _row_col_indicators(bounds, valid, feature_sizes)
+    sorted_weight, order = weight.sort(dim=-1)
+    rank = order.argsort(dim=-1)  # (L, N, M)
+    groups = -(-m // _CHUNK)
+    rank_at = rank.transpose(0, 1)[:, row_level]  # (N, sum H, M)
+    code = (torch.exp2((rank_at % _CHUNK + 1).float()) * rows)[:, None]
+    if groups > 1:
+        code = code * (rank_at[:, None] // _CHUNK == torch.arange(groups, device=rank.device)[:, None, None])
+    # One more column of ones adds 1 to every cell, so an uncovered cell's sum is 1 (highest bit 0).
+    code = torch.cat([code, code.new_ones((*code.shape[:-1], 1))], dim=-1)
+    cols = torch.cat([cols.float(), cols.new_ones((*cols.shape[:-1], 1), dtype=torch.float32)], dim=-1)
+    sums = _level_products(code, cols, feature_sizes)  # (N, G, P), each an integer in [1, 2**24)
+    # The highest set bit of a float32 integer is its unbiased exponent: the bits above the mantissa.
+    exponent = sums.view(torch.int32) >> 23  # biased by 127; 127 + (rank within the chunk + 1) or 127
+    if groups > 1:
+        offset = _CHUNK * torch.arange(groups, device=sums.device)[:, None]
+        exponent = torch.where(exponent > 127, exponent + offset, 127).amax(dim=1)
+    else:
+        exponent = exponent[:, 0]
+    # Per image a table of each level's sorted weights behind a 0 for "no box": (N, L * (M + 1)),
+    # indexed at level * (M + 1) + rank + 1, i.e. at the level's base plus the unbiased exponent.
+    table = F.pad(sorted_weight, (1, 0)).transpose(0, 1).reshape(n, num_levels * (m + 1))
+    base = expand_levels(torch.arange(num_levels, device=sums.device) * (m + 1) - 127, feature_sizes)
+    return table.gather(1, exponent + base)
 
 
 def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Sequence[int]) -> Tensor:
     """Per cell, the largest ``weight`` ``(N, M)`` of the boxes covering it (0 where none), as ``(N, H, W)``.
 
-    Equals ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` for non-negative weights,
-    without ``(N, M, H, W)`` tensors: boxes are sorted by weight and, within chunks of ``_CHUNK``
-    boxes, the k-th box contributes ``2**k`` to one matmul of row and column indicators, so the
-    highest set bit of a cell's sum names its heaviest covering box (exact integer arithmetic).
+    Equals ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` for non-negative weights;
+    one level of :func:`max_cover_levels`.
     """
-    height, width = feature_size
-    n, m = valid.shape
-    if m == 0:
-        return weight.new_zeros((n, height, width))
-    rows, cols = _row_col_indicators(bounds, valid, feature_size)
-    groups = -(-m // _CHUNK)
-    pad = groups * _CHUNK - m
-    order = weight.argsort(dim=1)
-    sorted_weight = weight.gather(1, order)
-    code = torch.exp2(torch.arange(groups * _CHUNK, device=rows.device, dtype=torch.float32) % _CHUNK)
-    r = F.pad(rows.gather(1, order[..., None].expand(n, m, height)).float(), (0, 0, 0, pad)) * code[:, None]
-    c = F.pad(cols.gather(1, order[..., None].expand(n, m, width)).float(), (0, 0, 0, pad))
-    sums = r.reshape(n, groups, _CHUNK, height).transpose(-1, -2) @ c.reshape(n, groups, _CHUNK, width)
-    # floor(log2(s + 1/2)) is the highest set bit of an integer s < 2048, with a wide float32 margin.
-    offset = _CHUNK * torch.arange(groups, device=rows.device, dtype=torch.float32)[:, None, None]
-    sums = sums.float()  # under autocast the matmul may return float16, where s + 1/2 rounds
-    top = torch.where(sums > 0, (sums + 0.5).log2().floor() + offset, -1.0).amax(dim=1).long()
-    picked = sorted_weight.gather(1, top.clamp(min=0).flatten(1)).reshape(n, height, width)
-    return torch.where(top >= 0, picked, torch.zeros_like(picked))
+    best = max_cover_levels(bounds[None], valid, weight[None], [feature_size])
+    return best.unflatten(1, tuple(int(s) for s in feature_size))
 
 
 def foreground_mask(

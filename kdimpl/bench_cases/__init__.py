@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 #: ``make(device, dtype, levels, gt_boxes, image_size)`` builds inputs once (student tensors require grad)
-#: and returns a closure computing the total loss over all levels; the harness runs backward on it.
+#: and returns a closure computing the total loss over all levels; the harness runs backward on it
+#: (unless the case sets ``backward=False``: then the closure builds something, e.g. box masks, and is timed alone).
 MakeFn = Callable[[torch.device, torch.dtype, Sequence[tuple[int, int]], list[Tensor], tuple[int, int]], Callable[[], Tensor]]
 
 
@@ -20,6 +21,7 @@ class BenchCase:
     name: str
     make: MakeFn
     channels: int = 256
+    backward: bool = True
 
 
 def feature_levels(

@@ -1,10 +1,10 @@
-"""DeFeat workloads: decoupled feature imitation over P2-P6 (as the official config), and RoI KD."""
+"""DeFeat workloads: decoupled feature imitation over P2-P6 (as the official config), its GT masks alone, RoI KD."""
 
 from __future__ import annotations
 
 import torch
 
-from ..losses.defeat import defeat_multilevel_loss, defeat_roi_kd_loss
+from ..losses.defeat import defeat_gt_masks, defeat_multilevel_loss, defeat_roi_kd_loss
 from . import BenchCase, feature_levels
 
 
@@ -29,4 +29,13 @@ def _make_roi(device, dtype, levels, gt_boxes, image_size, num_rois=1024, num_cl
     return run
 
 
-BENCH = [BenchCase("defeat", _make_feature), BenchCase("defeat_roi_kd", _make_roi)]
+def _make_masks(device, dtype, levels, gt_boxes, image_size):
+    strides = tuple(2 ** (2 + i) for i in range(len(levels)))
+    return lambda: defeat_gt_masks(gt_boxes, levels, strides)
+
+
+BENCH = [
+    BenchCase("defeat", _make_feature),
+    BenchCase("defeat_gt_masks", _make_masks, backward=False),
+    BenchCase("defeat_roi_kd", _make_roi),
+]

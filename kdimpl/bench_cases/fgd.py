@@ -1,11 +1,11 @@
-"""FGD on every FPN level with per-level global-context blocks (the official RetinaNet setting)."""
+"""FGD on every FPN level with per-level global-context blocks (the official RetinaNet setting), and its masks alone."""
 
 from __future__ import annotations
 
 import torch
 
 from ..adapters.fgd import FGDGlobalContext
-from ..losses.fgd import fgd_loss
+from ..losses.fgd import fgd_loss, fgd_multilevel_masks
 from . import BenchCase
 
 CHANNELS = 256
@@ -25,12 +25,17 @@ def _make(device, dtype, levels, gt_boxes, image_size):
     options = {"temperature": 0.5, "alpha": 1e-3, "beta": 5e-4, "gamma": 5e-4, "lambda_": 5e-6}
 
     def run():
+        masks = fgd_multilevel_masks(gt_boxes, image_size, levels)  # all levels at once
         return sum(
-            fgd_loss(s, t, gt_boxes, image_size, global_student=gs, global_teacher=gt, **options)
-            for s, t, (gs, gt) in pairs
+            fgd_loss(s, t, None, None, masks=m, global_student=gs, global_teacher=gt, **options)
+            for (s, t, (gs, gt)), m in zip(pairs, masks)
         )
 
     return run
 
 
-BENCH = [BenchCase("fgd", _make, channels=CHANNELS)]
+def _make_masks(device, dtype, levels, gt_boxes, image_size):
+    return lambda: fgd_multilevel_masks(gt_boxes, image_size, levels)
+
+
+BENCH = [BenchCase("fgd", _make, channels=CHANNELS), BenchCase("fgd_masks", _make_masks, backward=False)]

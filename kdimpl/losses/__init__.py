@@ -19,7 +19,7 @@ from .defeat import (
     DeFeatRoIKDLoss,
 )
 from .drkd import roi_align_padded, drkd_pixel_loss, DRKDPixelLoss, drkd_instance_loss, DRKDInstanceLoss
-from .fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks
+from .fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks, fgd_multilevel_masks
 from .fgfi import grid_anchors, fgfi_imitation_mask, fgfi_loss, FGFILoss
 from .fkd import FKDLoss, fkd_attention_masks, fkd_loss
 from .frs import FRSClsLoss, FRSFeatureLoss, feature_richness, frs_cls_loss, frs_feature_loss
@@ -71,6 +71,7 @@ __all__ = [
     "fgd_cell_bounds",
     "fgd_loss",
     "fgd_masks",
+    "fgd_multilevel_masks",
     "grid_anchors",
     "fgfi_imitation_mask",
     "fgfi_loss",

@@ -12,9 +12,9 @@ from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..attention import channel_attention, spatial_attention
-from ..masks import max_cover, pad_boxes, scale_boxes_to_feature
+from ..masks import expand_levels, level_totals, max_cover_levels, pad_boxes, scale_boxes_to_feature, scale_boxes_to_levels, split_levels
 
-__all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks"]
+__all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks", "fgd_multilevel_masks"]
 
 
 def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_size: Sequence[int]) -> Tensor:
@@ -26,8 +26,42 @@ def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_s
     (which clips) but counts the area ``(y1 - y0 + 1)(x1 - x0 + 1)`` from the unclipped bounds,
     so a box touching the right/bottom border counts one cell more than it covers.
     """
-    scaled = scale_boxes_to_feature(boxes, image_size, feature_size)
+    return _cell_bounds(scale_boxes_to_feature(boxes, image_size, feature_size))
+
+
+def _cell_bounds(scaled: Tensor) -> Tensor:
     return torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
+
+
+def fgd_multilevel_masks(
+    gt_boxes: Sequence[Tensor] | Tensor,
+    image_size: Sequence[int] | Tensor,
+    feature_sizes: Sequence[Sequence[int]],
+    valid: Tensor | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """:func:`fgd_masks` for every level at once: ``[(fg, bg)]``, one ``(N, H_l, W_l)`` pair per level.
+
+    All levels are built by one set of tensor operations (:func:`kdimpl.masks.max_cover_levels`)
+    instead of one per level, which is what makes mask building cheap next to the official
+    per-box loops. Pass each pair to :func:`fgd_loss` as ``masks``.
+
+    Example:
+        >>> import torch
+        >>> boxes = [torch.tensor([[10.0, 20.0, 60.0, 50.0]]), torch.zeros(0, 4)]
+        >>> [fg.shape for fg, bg in fgd_multilevel_masks(boxes, (80, 112), [(10, 14), (5, 7)])]
+        [torch.Size([2, 10, 14]), torch.Size([2, 5, 7])]
+    """
+    boxes, valid = pad_boxes(gt_boxes, valid)
+    check_boxes(boxes, boxes.shape[0])
+    boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
+    bounds = _cell_bounds(scale_boxes_to_levels(boxes, image_size, feature_sizes))  # fgd_cell_bounds, (L, N, M, 4)
+    x0, y0, x1, y1 = bounds.unbind(dim=-1)
+    # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
+    weight = (y1 - y0 + 1).clamp(min=1).reciprocal() / (x1 - x0 + 1).clamp(min=1)
+    fg = max_cover_levels(bounds, valid, weight, feature_sizes)
+    background = fg == 0
+    bg = background / expand_levels(level_totals(background, feature_sizes).clamp(min=1).to(fg.dtype), feature_sizes)
+    return list(zip(split_levels(fg, feature_sizes), split_levels(bg, feature_sizes)))
 
 
 def fgd_masks(
@@ -57,30 +91,22 @@ def fgd_masks(
 
     Notes:
         Boxes are rasterised with :func:`fgd_cell_bounds` (see there for the area quirk) by
-        :func:`kdimpl.masks.max_cover`, never materialising ``(N, M, H, W)``. Two
+        :func:`kdimpl.masks.max_cover_levels`, never materialising ``(N, M, H, W)``. Two
         deliberate departures from the official per-box slicing, both only for boxes reaching
         outside the image: a negative start index is clipped to 0 (the official slice wraps
-        around to the far end of the map), and inverted boxes cover nothing.
+        around to the far end of the map), and inverted boxes cover nothing. For several
+        levels, :func:`fgd_multilevel_masks` builds them all at once.
     """
-    boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
-    boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
-    bounds = fgd_cell_bounds(boxes, image_size, feature_size)
-    x0, y0, x1, y1 = bounds.unbind(dim=-1)
-    # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
-    weight = (y1 - y0 + 1).clamp(min=1).reciprocal() / (x1 - x0 + 1).clamp(min=1)
-    fg = max_cover(bounds, valid, weight, feature_size)
-    background = (fg == 0).to(fg.dtype)
-    bg = background / background.sum(dim=(1, 2), keepdim=True).clamp(min=1)
-    return fg, bg
+    return fgd_multilevel_masks(gt_boxes, image_size, [feature_size], valid)[0]
 
 
 def fgd_loss(
     student: Tensor,
     teacher: Tensor,
-    gt_boxes: Sequence[Tensor] | Tensor,
-    image_size: Sequence[int] | Tensor,
+    gt_boxes: Sequence[Tensor] | Tensor | None,
+    image_size: Sequence[int] | Tensor | None,
     *,
+    masks: tuple[Tensor, Tensor] | None = None,
     global_student: nn.Module | None = None,
     global_teacher: nn.Module | None = None,
     temperature: float = 0.5,
@@ -108,6 +134,8 @@ def fgd_loss(
         teacher: teacher features of the same shape (detached inside).
         gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in input pixels (or padded ``(N, M, 4)``).
         image_size: ``(height, width)`` or an ``(N, 2)`` tensor; see :func:`fgd_masks`.
+        masks: the level's ``(fg, bg)`` from :func:`fgd_multilevel_masks` (or :func:`fgd_masks`),
+            built once for all levels; ``gt_boxes`` and ``image_size`` are then unused (pass ``None``).
         global_student: the student's global-context block ``R_S``; ``None`` with
             ``global_teacher=None`` drops the global term.
         global_teacher: the teacher's block ``R_T`` (applied to the detached teacher, so its
@@ -151,11 +179,16 @@ def fgd_loss(
     if not _tracing() and (global_student is None) != (global_teacher is None):
         raise ValueError("pass both global_student and global_teacher (FGDGlobalContext blocks) or neither")
     n, _, h, w = student.shape
-    check_boxes(gt_boxes, n)
+    if masks is None:
+        check_boxes(gt_boxes, n)
+        masks = fgd_masks(gt_boxes, image_size, (h, w))
+    elif not _tracing() and any(m.shape != (n, h, w) for m in masks):
+        raise ValueError(
+            f"masks must be (fg, bg) of shape {(n, h, w)} for this level, got {[tuple(m.shape) for m in masks]}"
+        )
     s = upcast(student)
     t = upcast(teacher.detach())
-    fg, bg = fgd_masks(gt_boxes, image_size, (h, w))
-    fg, bg = fg.to(s), bg.to(s)
+    fg, bg = (m.to(s) for m in masks)
 
     spatial_t, channel_t = spatial_attention(t, temperature), channel_attention(t, temperature)
     spatial_s, channel_s = spatial_attention(s, temperature), channel_attention(s, temperature)
@@ -202,9 +235,10 @@ class FGDLoss(nn.Module):
         self,
         student: Tensor,
         teacher: Tensor,
-        gt_boxes: Sequence[Tensor] | Tensor,
-        image_size: Sequence[int] | Tensor,
+        gt_boxes: Sequence[Tensor] | Tensor | None,
+        image_size: Sequence[int] | Tensor | None,
         *,
+        masks: tuple[Tensor, Tensor] | None = None,
         global_student: nn.Module | None = None,
         global_teacher: nn.Module | None = None,
     ) -> Tensor:
@@ -213,6 +247,7 @@ class FGDLoss(nn.Module):
             teacher,
             gt_boxes,
             image_size,
+            masks=masks,
             global_student=global_student,
             global_teacher=global_teacher,
             temperature=self.temperature,

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.fgd import FGDGlobalContext
-from kdimpl.losses.fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks
+from kdimpl.losses.fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks, fgd_multilevel_masks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fgd" / "official_feature_loss.pt"
 TERMS = {"alpha": "term_alpha", "beta": "term_beta", "gamma": "term_gamma", "lambda_": "term_lambda"}
@@ -228,3 +228,20 @@ def test_errors_name_the_argument():
         fgd_loss(s, t, [torch.zeros(0, 4)], (40, 56))
     with pytest.raises(ValueError, match="temperature"):
         FGDLoss(temperature=0.0)
+
+
+def test_multilevel_masks_equal_the_per_level_masks_and_feed_the_loss():
+    g = torch.Generator().manual_seed(5)
+    sizes = [(20, 34), (10, 17), (5, 9), (3, 5), (2, 3)]  # strides 4..64 of a 80x133 image
+    xy = torch.rand(2, 30, 2, generator=g) * torch.tensor([133.0, 80.0])
+    wh = 2 + torch.rand(2, 30, 2, generator=g) ** 2 * torch.tensor([80.0, 50.0])
+    boxes = [torch.cat([xy[0], xy[0] + wh[0]], 1), torch.cat([xy[1, :4], xy[1, :4] + wh[1, :4]], 1)]
+    per_level = [fgd_masks(boxes, (80, 133), size) for size in sizes]
+    for (fg, bg), (fg_one, bg_one) in zip(fgd_multilevel_masks(boxes, (80, 133), sizes), per_level):
+        assert torch.equal(fg, fg_one) and torch.equal(bg, bg_one)
+    s, t = torch.randn(2, 8, 10, 17, generator=g), torch.randn(2, 8, 10, 17, generator=g)
+    torch.testing.assert_close(
+        fgd_loss(s, t, None, None, masks=per_level[1]), fgd_loss(s, t, boxes, (80, 133)), rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match=r"masks must be \(fg, bg\) of shape \(2, 10, 17\)"):
+        fgd_loss(s, t, None, None, masks=per_level[0])

@@ -193,7 +193,7 @@ def _naive_cover(bounds, valid, weight, feat_hw):
     return counts, best
 
 
-@pytest.mark.parametrize("num_boxes", [0, 1, 5, 11, 12, 25])  # around the 11-box chunks of max_cover
+@pytest.mark.parametrize("num_boxes", [0, 1, 5, 22, 23, 24, 47])  # around the 23-box chunks of max_cover
 def test_cover_counts_and_max_cover_match_a_loop_over_boxes(num_boxes):
     g = torch.Generator().manual_seed(num_boxes)
     feat_hw = (7, 9)
@@ -205,3 +205,41 @@ def test_cover_counts_and_max_cover_match_a_loop_over_boxes(num_boxes):
     counts, best = _naive_cover(bounds, valid, weight, feat_hw)
     assert torch.equal(masks.cover_counts(bounds, valid, feat_hw), counts)
     assert torch.equal(masks.max_cover(bounds, valid, weight, feat_hw), best)
+
+
+@pytest.mark.parametrize("num_boxes", [0, 3, 20, 30])
+def test_levels_end_to_end_match_a_loop_over_boxes_level_by_level(num_boxes):
+    # Levels of different shapes, a weight order that differs between levels, and boxes that
+    # count on some levels only (per-level valid), as DeFeat assigns each box one level.
+    g = torch.Generator().manual_seed(100 + num_boxes)
+    sizes = [(9, 14), (5, 7), (1, 3), (3, 2)]
+    start = torch.randint(-2, 8, (len(sizes), 2, num_boxes, 2), generator=g).float()
+    size = torch.randint(-1, 6, (len(sizes), 2, num_boxes, 2), generator=g).float()
+    bounds = torch.cat([start, start + size], dim=-1)
+    valid = torch.rand(len(sizes), 2, num_boxes, generator=g) > 0.3
+    weight = torch.randint(1, 9, (len(sizes), 2, num_boxes), generator=g).float() / 9
+    counts = masks.split_levels(masks.cover_counts_levels(bounds, valid, sizes), sizes)
+    best = masks.split_levels(masks.max_cover_levels(bounds, valid, weight, sizes), sizes)
+    for level, feat_hw in enumerate(sizes):
+        want_counts, want_best = _naive_cover(bounds[level], valid[level], weight[level], feat_hw)
+        assert torch.equal(counts[level], want_counts)
+        assert torch.equal(best[level], want_best)
+    totals = masks.level_totals(masks.cover_counts_levels(bounds, valid, sizes), sizes)
+    assert torch.equal(totals, torch.stack([c.sum(dim=(1, 2)) for c in counts], dim=1))
+    for level, part in enumerate(masks.split_levels(masks.expand_levels(totals, sizes), sizes)):
+        assert torch.equal(part, totals[:, level, None, None].expand_as(part))
+
+
+def test_max_cover_is_exact_under_autocast():
+    # bfloat16 matmul outputs cannot hold the bit codes; the products run with autocast off.
+    bounds = torch.tensor([[[[0.0, 0.0, 6.0, 4.0]] * 23]])
+    weight = torch.arange(1, 24, dtype=torch.float32).reshape(1, 1, 23) / 23
+    valid = torch.ones(1, 23, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        best = masks.max_cover_levels(bounds, valid, weight, [(5, 7)])
+    assert best.dtype == torch.float32 and best.eq(1.0).all()
+
+
+def test_level_inputs_of_the_wrong_shape_are_rejected():
+    with pytest.raises(ValueError, match="feature sizes"):
+        masks.cover_counts_levels(torch.zeros(2, 1, 3, 4), torch.ones(1, 3, dtype=torch.bool), [(4, 4)])
