@@ -76,7 +76,9 @@ class GloReUnit(nn.Module):
         hidden = F.relu(self.node_mix(nodes) + nodes)  # node mixing acts on the last (node) axis
         hidden = self.state_mix.weight @ hidden  # state mixing acts on the state axis
         back = (hidden @ proj).reshape(n, 2 * self.num_nodes, h, w)
-        return x + self.norm(self.extend(back))
+        # In place on the normalised tensor (batch norm saves its input, not its output): the same
+        # numbers as ``x + ...`` without a second full-size allocation.
+        return self.norm(self.extend(back)).add_(x)
 
     @staticmethod
     def convert_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

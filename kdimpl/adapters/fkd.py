@@ -70,8 +70,11 @@ class NonLocalBlock2d(nn.Module):
         phi, g = phi.flatten(2), g.flatten(2)  # (N, C', K)
         keys = phi.shape[-1]
         # sum_j theta_i . phi_j g_j = theta_i^T (phi g^T): an (N, C', C') product instead of (N, HW, K).
-        y = (phi @ g.transpose(1, 2)).transpose(1, 2) @ theta / keys
-        return x + self.norm(self.out(y.reshape(n, self.inner, h, w)))
+        y = ((phi @ g.transpose(1, 2)).transpose(1, 2) @ theta).reshape(n, self.inner, h, w)
+        # Divide after the reshape (the same numbers) so the convolution's input is a computed tensor, not
+        # a view: inductor (CPU, dynamic shapes, torch 2.13) fails on a view that feeds a convolution and
+        # is saved for backward, sorting its symbolic channels-last strides (pytorch/pytorch#185510).
+        return x + self.norm(self.out(y / keys))
 
 
 class FKDStudentAdapter(nn.Module):

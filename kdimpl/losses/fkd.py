@@ -117,10 +117,10 @@ def fkd_loss(
         square root would give infinity). Whether the paper builds the masks from the summed
         attentions before the softmax could not be checked (paper text not available here).
 
-        ``torch.compile`` with dynamic shapes (what it switches to once a second level size is seen)
-        fails in inductor as of torch 2.13 on the non-local blocks' convolutions
-        (pytorch/pytorch#185510); compile with ``dynamic=False`` (one graph per level size), or
-        compile the whole multi-level step, whose shapes are static.
+        ``torch.compile`` works across level sizes, also with the dynamic shapes it switches to
+        once a second size is seen: :class:`~kdimpl.adapters.fkd.NonLocalBlock2d` feeds its output
+        convolution a computed tensor rather than a view, the pattern on which inductor (CPU,
+        torch 2.13) failed sorting symbolic channels-last strides (pytorch/pytorch#185510).
     """
     check_feature_pair(student, teacher)
     check_positive(temperature, "temperature")

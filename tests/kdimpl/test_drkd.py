@@ -121,6 +121,70 @@ def test_pixel_loss_trains_the_teacher_unit_but_not_the_teacher_features():
     assert teacher_unit.state.weight.grad is not None and teacher_unit.state.weight.grad.abs().sum() > 0
 
 
+def test_pixel_loss_on_precomputed_relation_features_equals_the_full_loss():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 5, 7, requires_grad=True), torch.randn(2, 4, 5, 7)
+    units = [GloReUnit(4, 2), GloReUnit(4, 2)]
+    adaptation = torch.nn.Conv2d(4, 4, 1)
+    full = drkd_pixel_loss(s, t, student_glore=units[0], teacher_glore=units[1], adaptation=adaptation)
+    full.backward()
+    expected = [p.grad.clone() for p in [s, *units[0].parameters(), *units[1].parameters(), *adaptation.parameters()]]
+    for p in [s, *units[0].parameters(), *units[1].parameters(), *adaptation.parameters()]:
+        p.grad = None
+
+    part = drkd_pixel_loss(adaptation(units[0](s)), units[1](t.detach()), detach_teacher=False)
+    part.backward()
+    actual = [p.grad for p in [s, *units[0].parameters(), *units[1].parameters(), *adaptation.parameters()]]
+    torch.testing.assert_close(part, full, rtol=0, atol=0)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    # Detached (the default), the precomputed teacher side would leave the teacher unit untrained.
+    units[1].zero_grad(set_to_none=True)
+    drkd_pixel_loss(units[0](s), units[1](t)).backward()
+    assert units[1].state.weight.grad is None
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_pixel_loss_gradient_is_autograds_exactly(per_image, reduction):
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(3, 4, 5, 7, generator=g, requires_grad=True)
+    t = torch.randn(3, 4, 5, 7, generator=g, requires_grad=True)
+    with torch.no_grad():
+        s[1] = t[1]  # a zero norm with per_image: gradient 0, not NaN
+    weight = torch.tensor([0.3, -1.7, 2.2]) if per_image else torch.tensor([0.3])
+    loss = drkd_pixel_loss(s, t, per_image=per_image, detach_teacher=False, reduction=reduction)
+    (loss * (weight if reduction == "none" else 0.7)).sum().backward()
+    ours = s.grad.clone(), t.grad.clone()
+    s.grad = t.grad = None
+
+    diff = s - t  # the plain expression, differentiated by autograd
+    norms = diff.flatten(1).norm(dim=1) if per_image else torch.linalg.vector_norm(diff).reshape(1)
+    reference = {"none": norms, "sum": norms.sum(), "mean": norms.mean()}[reduction]
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)
+    (reference * (weight if reduction == "none" else 0.7)).sum().backward()
+    assert torch.equal(ours[0], s.grad) and torch.equal(ours[1], t.grad)
+    assert torch.isfinite(ours[0]).all()
+
+
+def test_pixel_loss_compiles_on_precomputed_relation_features():
+    # aot_eager partitions forward and backward like inductor, so the checkpointed difference is exercised.
+    s, t = torch.randn(2, 4, 5, 7, requires_grad=True), torch.randn(2, 4, 5, 7, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda a, b: drkd_pixel_loss(a, b, detach_teacher=False, per_image=True, reduction="sum"),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    loss = compiled(s, t)
+    loss.backward()
+    diff = (s - t).detach()
+    norms = diff.flatten(1).norm(dim=1)
+    torch.testing.assert_close(loss, norms.sum())
+    torch.testing.assert_close(s.grad, diff / norms[:, None, None, None])
+    torch.testing.assert_close(t.grad, -s.grad)
+
+
 def test_instance_relation_ignores_padding():
     torch.manual_seed(0)
     rel = InstanceRelation(18, max_instances=6)

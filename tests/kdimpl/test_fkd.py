@@ -224,3 +224,30 @@ def test_missing_adapter_is_named():
         fkd_loss(s, t, student_adapter=None, teacher_non_local=NonLocalBlock2d(4))
     with pytest.raises(ValueError, match="pool"):
         NonLocalBlock2d(4, pool=0)
+
+
+def test_compiles_across_level_sizes():
+    # A second level size makes dynamo retrace with dynamic shapes. Inductor (CPU) used to fail there on
+    # the non-local block's output convolution; compiling with it takes tens of seconds, so this checks
+    # the trace with the eager backend (the inductor run is the compiled column of kdimpl.bench).
+    generator = torch.Generator().manual_seed(2)
+    adapter, teacher_block = FKDStudentAdapter(4, pool=2), NonLocalBlock2d(4, pool=2)
+    with torch.no_grad():
+        teacher_block.norm.weight.fill_(1.0)
+        adapter.non_local.norm.weight.fill_(1.0)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda s, t: fkd_loss(s, t, student_adapter=adapter, teacher_non_local=teacher_block),
+        backend="eager",
+        fullgraph=True,
+    )
+    for size in ((6, 10), (5, 7)):
+        student = torch.randn(2, 4, *size, generator=generator, requires_grad=True)
+        teacher = torch.randn(2, 4, *size, generator=generator)
+        loss = compiled(student, teacher)
+        loss.backward()
+        grad, student.grad = student.grad, None
+        expected = fkd_loss(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block)
+        expected.backward()
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(grad, student.grad)
