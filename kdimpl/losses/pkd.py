@@ -23,6 +23,38 @@ def _check_pkd_inputs(student: Tensor, teacher: Tensor, resize: str) -> None:
     check_feature_pair(student, teacher, same_spatial=False)
 
 
+def _channel_moments(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel means (shaped to broadcast) and centred sums ``S, T, X`` over ``(N, H, W)``."""
+    dims = (0, 2, 3)
+    mean_s, mean_t = s.mean(dim=dims, keepdim=True), t.mean(dim=dims, keepdim=True)
+    ds, dt = s - mean_s, t - mean_t
+    return mean_s, mean_t, (ds * ds).sum(dim=dims), (dt * dt).sum(dim=dims), (ds * dt).sum(dim=dims)
+
+
+def _row_moments(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_channel_moments` from per-image rows, the form used under ``torch.compile``.
+
+    Each image's map of a channel (a contiguous ``(n, c)`` row) is centred on its own mean, which
+    inductor fuses into one kernel reading every row once from memory (the second pass over a
+    row hits the cache, where centring on the channel mean reads the whole tensor twice); the
+    rows are then combined exactly: ``S_c = sum_n S_nc + HW sum_n (mu_nc - mu_c)^2``, and alike
+    for ``T`` and ``X``.
+    """
+    n, c = s.shape[:2]
+    s, t = s.reshape(n, c, -1), t.reshape(n, c, -1)
+    row_s, row_t = s.mean(dim=-1, keepdim=True), t.mean(dim=-1, keepdim=True)
+    ds, dt = s - row_s, t - row_t
+    ss, tt, st = (ds * ds).sum(dim=-1), (dt * dt).sum(dim=-1), (ds * dt).sum(dim=-1)
+    row_s, row_t = row_s.squeeze(-1), row_t.squeeze(-1)
+    mean_s, mean_t = row_s.mean(dim=0), row_t.mean(dim=0)
+    es, et = row_s - mean_s, row_t - mean_t
+    hw = s.shape[-1]
+    ss = ss.sum(dim=0) + hw * (es * es).sum(dim=0)
+    tt = tt.sum(dim=0) + hw * (et * et).sum(dim=0)
+    st = st.sum(dim=0) + hw * (es * et).sum(dim=0)
+    return mean_s[:, None, None], mean_t[:, None, None], ss, tt, st
+
+
 class _StandardizedSquaredError(torch.autograd.Function):
     """Per channel ``1/2 sum (s_hat - t_hat)^2`` over ``(N, H, W)``, in closed form, with an analytic gradient.
 
@@ -35,11 +67,9 @@ class _StandardizedSquaredError(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, eps: float) -> Tensor:
-        dims = (0, 2, 3)
         count = s.shape[0] * s.shape[2] * s.shape[3]
-        mean_s, mean_t = s.mean(dim=dims, keepdim=True), t.mean(dim=dims, keepdim=True)
-        ds, dt = s - mean_s, t - mean_t
-        ss, tt, st = (ds * ds).sum(dim=dims), (dt * dt).sum(dim=dims), (ds * dt).sum(dim=dims)
+        moments = _row_moments if torch.compiler.is_compiling() else _channel_moments
+        mean_s, mean_t, ss, tt, st = moments(s, t)
         dof = count - 1 if count > 1 else 1
         # A constant student channel (S = 0) would give sigma'(S) = inf: its S is clamped to the
         # smallest normal number there, where eps dominates a anyway, and the clamp's zero slope applies.
@@ -124,9 +154,11 @@ def pkd_loss(
         per-channel sums (:math:`\sum \tilde s^2, \sum \tilde t^2, \sum \tilde s \tilde t` of the
         centred features), which equals the official standardise-then-MSE value to rounding
         without materialising the standardised maps; its gradient is analytic (one elementwise
-        pass in backward, first order only). Deviations from the official code:
-        resizing happens whenever the spatial sizes differ (official: only when the heights
-        differ, and a width-only mismatch fails an assertion); a channel with a single value
+        pass in backward, first order only). Under ``torch.compile`` the sums are taken over each
+        image's map of a channel, centred on that map's mean, and combined exactly, so the
+        forward reads the features once. Deviations from the official code: resizing happens
+        whenever the spatial sizes differ (official: only when the heights differ, and a
+        width-only mismatch fails an assertion); a channel with a single value
         (:math:`N H W = 1`) uses the population standard deviation instead of returning NaN.
     """
     check_reduction(reduction)

@@ -82,7 +82,7 @@ def test_rejects_bad_inputs():
 
 
 def test_eager_and_compiled_forms_match_the_log_softmax_form(official):
-    from kdimpl.losses.cwd import _kl_fused, _SpatialKL
+    from kdimpl.losses.cwd import _kl_fused, _SpatialKL, _SpatialKLCompiled
 
     for scale, tau in ((1.0, 1.0), (200.0, 1.0), (1.0, 4.0)):
         s = (official["student"] * scale).flatten(2).double().requires_grad_(True)
@@ -92,7 +92,34 @@ def test_eager_and_compiled_forms_match_the_log_softmax_form(official):
         ).sum(-1)
         weights = torch.rand_like(reference)  # a non-uniform upstream gradient
         (g_reference,) = torch.autograd.grad((reference * weights).sum(), s)
-        for ours in (_SpatialKL.apply(s, t, tau), _kl_fused(s, t, tau)):
+        for ours in (_SpatialKL.apply(s, t, tau), _SpatialKLCompiled.apply(s, t, tau), _kl_fused(s, t, tau)):
             torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
             (g_ours,) = torch.autograd.grad((ours * weights).sum(), s)
             torch.testing.assert_close(g_ours, g_reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_forward_and_backward_match_eager(reduction):
+    # aot_eager runs the compiled form and its saved-direction backward without a C++ build
+    s0, t = torch.randn(2, 4, 6, 9, dtype=torch.float64) * 3, torch.randn(2, 4, 6, 9, dtype=torch.float64)
+    results = []
+    for fn in (cwd_loss, torch.compile(cwd_loss, backend="aot_eager", fullgraph=True)):
+        s = s0.clone().requires_grad_(True)
+        loss = fn(s, t, tau=2.0, reduction=reduction)
+        (loss * torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)).sum().backward()
+        results.append((loss.detach(), s.grad))
+    torch._dynamo.reset()
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_half_inputs_match_eager():
+    # half inputs take the recomputing compiled form (no float32 direction kept for backward)
+    s0, t = torch.randn(2, 4, 6, 9).half(), torch.randn(2, 4, 6, 9).half()
+    results = []
+    for fn in (cwd_loss, torch.compile(cwd_loss, backend="aot_eager", fullgraph=True)):
+        s = s0.clone().requires_grad_(True)
+        loss = fn(s, t)
+        loss.backward()
+        results.append((loss.detach().float(), s.grad.float()))
+    torch._dynamo.reset()
+    torch.testing.assert_close(results[1], results[0], rtol=1e-2, atol=1e-5)

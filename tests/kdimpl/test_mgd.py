@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from kdimpl.adapters.channel import ChannelAdapter  # noqa: E402
@@ -105,3 +106,29 @@ def test_rejects_bad_inputs():
         MGDLoss(mask_ratio=1.5)
     with pytest.raises(ValueError, match="channels"):
         MGDGenerator(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_analytic_gradient_equals_autograd_of_mse_bitwise(dtype, reduction):
+    # the official form: F.mse_loss(generated, teacher, reduction="sum") on float32 upcasts
+    s0, t = torch.randn(2, 3, 5, 7).to(dtype), torch.randn(2, 3, 5, 7).to(dtype)
+    mask = mgd_random_mask(s0, 0.5, rng=torch.Generator().manual_seed(0))
+    weights = torch.arange(1.0, 3.0) if reduction == "none" else torch.tensor(1.0)
+    s = s0.clone().requires_grad_(True)
+    loss = mgd_loss(s, t, nn.Identity(), mask=mask, reduction=reduction)
+    (loss.float() * weights).sum().backward()
+    s_ref = s0.clone().requires_grad_(True)
+    err = F.mse_loss(s_ref.float() * mask.float(), t.float(), reduction="none").flatten(1).sum(1)
+    ref = err if reduction == "none" else F.mse_loss(s_ref.float() * mask.float(), t.float(), reduction="sum") / 2
+    (ref.to(dtype).float() * weights).sum().backward()
+    torch.testing.assert_close(loss, ref.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(s.grad, s_ref.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("generator", [nn.Identity(), nn.Conv2d(3, 3, 1).double()])
+def test_second_order_gradients(generator):
+    s = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    mask = mgd_random_mask(s, 0.5, rng=torch.Generator().manual_seed(1))
+    assert torch.autograd.gradgradcheck(lambda x: mgd_loss(x, t, generator, mask=mask, reduction="none"), (s,))
