@@ -9,6 +9,7 @@ no ``.item()``.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -27,9 +28,6 @@ __all__ = [
     "cover_counts_levels",
     "max_cover",
     "max_cover_levels",
-    "split_levels",
-    "level_totals",
-    "expand_levels",
     "foreground_mask",
     "inverse_area_mask",
 ]
@@ -134,20 +132,42 @@ def _level_index(sizes: Sequence[int], device) -> tuple[Tensor, Tensor]:
 def _level_products(
     row_weight: Tensor, cols: Tensor, feature_sizes: Sequence[Sequence[int]]
 ) -> Tensor:
-    """``(N, G, sum H_l W_l)``: per level, ``row_weight^T @ cols`` flattened, all levels end to end.
+    """Per level, ``row_weight^T @ cols`` as ``(N, G, H_l, W_l)`` blocks laid end to end in one 1-D tensor.
 
-    ``row_weight`` is ``(N, G, sum H_l, M)`` (levels' rows end to end), ``cols`` is ``(N, sum W_l, M)``.
-    Autocast is off: the products must stay exact float32 integers.
+    ``row_weight`` is ``(N, G, sum H_l, M)`` (levels' rows end to end), ``cols`` is ``(N, sum W_l, M)``;
+    :func:`_level_views` cuts the result. Autocast is off: the products must stay exact float32
+    integers. In eager mode each level's product is written straight into its block (fresh memory,
+    not arithmetic, is what costs here); dynamo rejects ``out=``, so compiled code concatenates.
     """
-    n, groups = row_weight.shape[:2]
-    products, row, col = [], 0, 0
+    n, groups, _, m = row_weight.shape
+    compiling = torch.compiler.is_compiling()
+    total = n * groups * sum(int(h) * int(w) for h, w in feature_sizes)
+    out = None if compiling else row_weight.new_empty(total)
+    products, row, col, start = [], 0, 0, 0
     with torch.autocast(row_weight.device.type, enabled=False):
         for height, width in feature_sizes:
-            a = row_weight[:, :, row : row + height]
-            b = cols[:, None, col : col + width].transpose(-1, -2)
-            products.append((a @ b).reshape(n, groups, height * width))
-            row, col = row + height, col + width
-    return products[0] if len(products) == 1 else torch.cat(products, dim=-1)
+            height, width = int(height), int(width)
+            a = row_weight[:, :, row : row + height].reshape(n * groups, height, m)
+            b = cols[:, None, col : col + width].transpose(-1, -2).expand(n, groups, m, width)
+            b = b.reshape(n * groups, m, width)
+            size = n * groups * height * width
+            if compiling:
+                products.append(torch.bmm(a, b).reshape(-1))
+            else:
+                torch.bmm(a, b, out=out[start : start + size].view(n * groups, height, width))
+            row, col, start = row + height, col + width, start + size
+    return out if out is not None else torch.cat(products)
+
+
+def _level_views(flat: Tensor, leading: Sequence[int], feature_sizes: Sequence[Sequence[int]]) -> list[Tensor]:
+    """Contiguous ``(*leading, H_l, W_l)`` views of the level blocks of a 1-D tensor."""
+    views, start = [], 0
+    for height, width in feature_sizes:
+        shape = (*leading, int(height), int(width))
+        size = math.prod(shape)
+        views.append(flat[start : start + size].view(shape))
+        start += size
+    return views
 
 
 def _row_col_indicators(
@@ -161,10 +181,10 @@ def _row_col_indicators(
     ys, row_level = _level_index([int(size[0]) for size in feature_sizes], bounds.device)
     xs, col_level = _level_index([int(size[1]) for size in feature_sizes], bounds.device)
     per_image = bounds.transpose(0, 1)  # (N, L, M, 4)
-    y_range = per_image[..., 1::2][:, row_level]  # (N, sum H, M, 2): y0, y1 of each row's level
-    x_range = per_image[..., 0::2][:, col_level]
+    y_range = per_image[..., 1::2].index_select(1, row_level)  # (N, sum H, M, 2): y0, y1 of each row's level
+    x_range = per_image[..., 0::2].index_select(1, col_level)
     ys, xs = ys.to(bounds.dtype)[:, None], xs.to(bounds.dtype)[:, None]
-    rows = (ys >= y_range[..., 0]) & (ys <= y_range[..., 1]) & valid.transpose(0, 1)[:, row_level]
+    rows = (ys >= y_range[..., 0]) & (ys <= y_range[..., 1]) & valid.transpose(0, 1).index_select(1, row_level)
     cols = (xs >= x_range[..., 0]) & (xs <= x_range[..., 1])
     return rows, cols, row_level
 
@@ -180,42 +200,20 @@ def _as_levels(bounds: Tensor, valid: Tensor, feature_sizes) -> tuple[Tensor, Te
     return bounds, valid
 
 
-def split_levels(flat: Tensor, feature_sizes: Sequence[Sequence[int]]) -> list[Tensor]:
-    """Views ``(N, H_l, W_l)`` of an ``(N, sum H_l W_l)`` tensor holding the levels end to end."""
-    sizes = [int(h) * int(w) for h, w in feature_sizes]
-    return [part.unflatten(1, (int(h), int(w))) for part, (h, w) in zip(flat.split(sizes, dim=1), feature_sizes)]
-
-
-def level_totals(flat: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
-    """``(N, sum H_l W_l)`` -> ``(N, L)``: the sum over each level's cells, per image."""
-    sizes = [int(h) * int(w) for h, w in feature_sizes]
-    return torch.stack([part.sum(dim=1) for part in flat.split(sizes, dim=1)], dim=1)
-
-
-def expand_levels(per_level: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
-    """``(..., L)`` -> ``(..., sum H_l W_l)``: each level's value repeated over its cells."""
-    # A concatenation of expanded views rather than repeat_interleave, which inductor lowers to a
-    # binary search per cell.
-    parts = [
-        per_level[..., level, None].expand(*per_level.shape[:-1], int(h) * int(w))
-        for level, (h, w) in enumerate(feature_sizes)
-    ]
-    return torch.cat(parts, dim=-1)
-
-
-def cover_counts_levels(bounds: Tensor, valid: Tensor, feature_sizes: Sequence[Sequence[int]]) -> Tensor:
-    """Number of boxes covering each cell of every level, ``(N, sum H_l W_l)`` float32 (levels end to end).
+def cover_counts_levels(bounds: Tensor, valid: Tensor, feature_sizes: Sequence[Sequence[int]]) -> list[Tensor]:
+    """Number of boxes covering each cell, one ``(N, H_l, W_l)`` float32 tensor per level.
 
     ``bounds`` are inclusive cell bounds ``(L, N, M, 4)`` (one set per level), ``valid`` is ``(N, M)``
     or per level ``(L, N, M)`` (a box may be restricted to some levels). A rectangle is the outer
     product of a row and a column indicator, so each level's counts are one batched
     ``(N, H, M) x (N, M, W)`` matmul instead of an ``(N, M, H, W)`` tensor. Bounds outside the map
-    are clipped by the comparison (a negative start covers from 0). :func:`split_levels` gives
-    the per-level ``(N, H_l, W_l)`` views.
+    are clipped by the comparison (a negative start covers from 0). The levels are contiguous
+    views of one tensor.
     """
     bounds, valid = _as_levels(bounds, valid, feature_sizes)
     rows, cols, _ = _row_col_indicators(bounds, valid, feature_sizes)
-    return _level_products(rows.float()[:, None], cols.float(), feature_sizes)[:, 0]
+    counts = _level_products(rows.float()[:, None], cols.float(), feature_sizes)
+    return _level_views(counts, (valid.shape[1],), feature_sizes)
 
 
 def cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
@@ -224,8 +222,7 @@ def cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> 
     Equals ``rasterize_boxes(bounds, valid, feature_size).sum(1)``; one level of
     :func:`cover_counts_levels`.
     """
-    counts = cover_counts_levels(bounds[None], valid, [feature_size])
-    return counts.unflatten(1, tuple(int(s) for s in feature_size))
+    return cover_counts_levels(bounds[None], valid, [feature_size])[0]
 
 
 # Sums of 1 and distinct 2**k, 1 <= k <= 23, are integers < 2**24: exact in float32 matmuls (and in
@@ -235,7 +232,7 @@ _CHUNK = 23
 
 def max_cover_levels(
     bounds: Tensor, valid: Tensor, weight: Tensor, feature_sizes: Sequence[Sequence[int]]
-) -> Tensor:
+) -> list[Tensor]:
     """Per cell of every level, the largest ``weight`` of the boxes covering it (0 where none).
 
     Args:
@@ -245,8 +242,8 @@ def max_cover_levels(
         feature_sizes: ``(H_l, W_l)`` of the ``L`` levels.
 
     Returns:
-        ``(N, sum H_l W_l)``, the levels end to end (:func:`split_levels` gives ``(N, H_l, W_l)`` views);
-        equal to ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` level by level.
+        one ``(N, H_l, W_l)`` tensor per level (contiguous views of one tensor), equal to
+        ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` level by level.
 
     Never builds ``(N, M, H, W)`` tensors: within a level, boxes are ranked by weight and, within
     chunks of ``_CHUNK`` ranks, the box of rank ``k`` adds ``2**(k + 1)`` to one matmul of row and
@@ -256,31 +253,35 @@ def max_cover_levels(
     bounds, valid = _as_levels(bounds, valid, feature_sizes)
     num_levels, n, m = weight.shape
     if m == 0:
-        return weight.new_zeros((n, sum(int(h) * int(w) for h, w in feature_sizes)))
+        return [weight.new_zeros((n, int(h), int(w))) for h, w in feature_sizes]
     rows, cols, row_level = _row_col_indicators(bounds, valid, feature_sizes)
     sorted_weight, order = weight.sort(dim=-1)
     rank = order.argsort(dim=-1)  # (L, N, M)
     groups = -(-m // _CHUNK)
-    rank_at = rank.transpose(0, 1)[:, row_level]  # (N, sum H, M)
+    rank_at = rank.transpose(0, 1).index_select(1, row_level)  # (N, sum H, M)
     code = (torch.exp2((rank_at % _CHUNK + 1).float()) * rows)[:, None]
     if groups > 1:
         code = code * (rank_at[:, None] // _CHUNK == torch.arange(groups, device=rank.device)[:, None, None])
     # One more column of ones adds 1 to every cell, so an uncovered cell's sum is 1 (highest bit 0).
     code = torch.cat([code, code.new_ones((*code.shape[:-1], 1))], dim=-1)
     cols = torch.cat([cols.float(), cols.new_ones((*cols.shape[:-1], 1), dtype=torch.float32)], dim=-1)
-    sums = _level_products(code, cols, feature_sizes)  # (N, G, P), each an integer in [1, 2**24)
-    # The highest set bit of a float32 integer is its unbiased exponent: the bits above the mantissa.
-    exponent = sums.view(torch.int32) >> 23  # biased by 127; 127 + (rank within the chunk + 1) or 127
-    if groups > 1:
-        offset = _CHUNK * torch.arange(groups, device=sums.device)[:, None]
-        exponent = torch.where(exponent > 127, exponent + offset, 127).amax(dim=1)
-    else:
-        exponent = exponent[:, 0]
-    # Per image a table of each level's sorted weights behind a 0 for "no box": (N, L * (M + 1)),
-    # indexed at level * (M + 1) + rank + 1, i.e. at the level's base plus the unbiased exponent.
-    table = F.pad(sorted_weight, (1, 0)).transpose(0, 1).reshape(n, num_levels * (m + 1))
-    base = expand_levels(torch.arange(num_levels, device=sums.device) * (m + 1) - 127, feature_sizes)
-    return table.gather(1, exponent + base)
+    sums = _level_products(code, cols, feature_sizes)  # each an integer in [1, 2**24)
+    # The highest set bit of a float32 integer is its unbiased exponent: the bits above the mantissa,
+    # read in place (biased by 127: 127 + rank within the chunk + 1 for a covered cell, else 127).
+    exponent = sums.view(torch.int32).bitwise_right_shift_(23)
+    if groups > 1:  # the highest chunk with a covering box, per level
+        offset = _CHUNK * torch.arange(groups, device=sums.device, dtype=torch.int32)[:, None, None]
+        exponent = torch.cat([
+            torch.where(part > 127, part + offset, 127).amax(dim=1).reshape(-1)
+            for part in _level_views(exponent, (n, groups), feature_sizes)
+        ])
+    # One table of the levels' sorted weights behind a 0 for "no box", (L * N * (M + 1),), read at
+    # (level * N + image) * (M + 1) + rank + 1: each level's block gets its base added in place.
+    table = F.pad(sorted_weight, (1, 0)).reshape(-1)
+    base = torch.arange(num_levels * n, device=sums.device, dtype=torch.int32).reshape(num_levels, n) * (m + 1) - 127
+    for level, part in enumerate(_level_views(exponent, (n,), feature_sizes)):
+        part.add_(base[level, :, None, None])
+    return _level_views(table.index_select(0, exponent), (n,), feature_sizes)
 
 
 def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Sequence[int]) -> Tensor:
@@ -289,8 +290,7 @@ def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Seque
     Equals ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)`` for non-negative weights;
     one level of :func:`max_cover_levels`.
     """
-    best = max_cover_levels(bounds[None], valid, weight[None], [feature_size])
-    return best.unflatten(1, tuple(int(s) for s in feature_size))
+    return max_cover_levels(bounds[None], valid, weight[None], [feature_size])[0]
 
 
 def foreground_mask(

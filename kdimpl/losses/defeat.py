@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .._checks import _tracing, check_boxes, check_feature_pair, check_positive, check_reduction, check_tensor
 from .._dtypes import upcast
 from .._registry import register_loss
-from ..masks import cover_counts, cover_counts_levels, pad_boxes, split_levels
+from ..masks import cover_counts, cover_counts_levels, pad_boxes
 
 __all__ = [
     "defeat_box_levels",
@@ -113,8 +113,8 @@ def defeat_gt_masks(
         boxes, boxes.new_tensor(strides)[:, None, None, None], (heights[:, None, None], widths[:, None, None])
     )
     on_level = valid & (levels == torch.arange(len(sizes), device=levels.device)[:, None, None])
-    covered = cover_counts_levels(bounds, on_level, sizes) > 0
-    return split_levels(covered.to(boxes.dtype), sizes)
+    # counts are non-negative integers: clamped in place they are the 0/1 masks
+    return [counts.clamp_(max=1).to(boxes.dtype) for counts in cover_counts_levels(bounds, on_level, sizes)]
 
 
 def defeat_loss(

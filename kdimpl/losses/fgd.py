@@ -12,7 +12,7 @@ from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..attention import channel_attention, spatial_attention
-from ..masks import expand_levels, level_totals, max_cover_levels, pad_boxes, scale_boxes_to_feature, scale_boxes_to_levels, split_levels
+from ..masks import max_cover_levels, pad_boxes, scale_boxes_to_feature, scale_boxes_to_levels
 
 __all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks", "fgd_multilevel_masks"]
 
@@ -59,9 +59,11 @@ def fgd_multilevel_masks(
     # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
     weight = (y1 - y0 + 1).clamp(min=1).reciprocal() / (x1 - x0 + 1).clamp(min=1)
     fg = max_cover_levels(bounds, valid, weight, feature_sizes)
-    background = fg == 0
-    bg = background / expand_levels(level_totals(background, feature_sizes).clamp(min=1).to(fg.dtype), feature_sizes)
-    return list(zip(split_levels(fg, feature_sizes), split_levels(bg, feature_sizes)))
+    bg = []
+    for level in fg:
+        background = (level == 0).to(level.dtype)
+        bg.append(background.div_(background.sum(dim=(1, 2), keepdim=True).clamp_(min=1)))
+    return list(zip(fg, bg))
 
 
 def fgd_masks(
