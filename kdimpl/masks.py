@@ -172,12 +172,21 @@ def _level_views(flat: Tensor, leading: Sequence[int], feature_sizes: Sequence[S
 
 def _row_col_indicators(
     bounds: Tensor, valid: Tensor, feature_sizes: Sequence[Sequence[int]]
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Row ``(N, sum H_l, M)`` and column ``(N, sum W_l, M)`` indicators of levels' inclusive box ranges.
 
     ``bounds`` is ``(L, N, M, 4)`` and ``valid`` ``(L, N, M)``; row ``y`` of level ``l`` is inside box
-    ``m`` when ``y0 <= y <= y1`` (invalid boxes have no rows). Also returns each row's level.
+    ``m`` when ``y0 <= y <= y1`` (invalid boxes have no rows). Also returns each row's level
+    (``None`` for a single level, where no row needs looking up).
     """
+    if len(feature_sizes) == 1:
+        height, width = (int(size) for size in feature_sizes[0])
+        ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)[:, None]
+        xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)[:, None]
+        box = bounds[0, :, None]  # (N, 1, M, 4)
+        rows = (ys >= box[..., 1]) & (ys <= box[..., 3]) & valid[0, :, None]
+        cols = (xs >= box[..., 0]) & (xs <= box[..., 2])
+        return rows, cols, None
     ys, row_level = _level_index([int(size[0]) for size in feature_sizes], bounds.device)
     xs, col_level = _level_index([int(size[1]) for size in feature_sizes], bounds.device)
     per_image = bounds.transpose(0, 1)  # (N, L, M, 4)
@@ -258,7 +267,8 @@ def max_cover_levels(
     sorted_weight, order = weight.sort(dim=-1)
     rank = order.argsort(dim=-1)  # (L, N, M)
     groups = -(-m // _CHUNK)
-    rank_at = rank.transpose(0, 1).index_select(1, row_level)  # (N, sum H, M)
+    # each row's ranks, (N, sum H, M)
+    rank_at = rank[0, :, None].expand_as(rows) if row_level is None else rank.transpose(0, 1).index_select(1, row_level)
     code = (torch.exp2((rank_at % _CHUNK + 1).float()) * rows)[:, None]
     if groups > 1:
         code = code * (rank_at[:, None] // _CHUNK == torch.arange(groups, device=rank.device)[:, None, None])

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .._checks import _tracing, check_boxes, check_feature_pair, check_positive, check_reduction, check_tensor
 from .._dtypes import upcast
 from .._registry import register_loss
-from ..masks import cover_counts, cover_counts_levels, pad_boxes
+from ..masks import cover_counts, pad_boxes
 
 __all__ = [
     "defeat_box_levels",
@@ -106,15 +106,21 @@ def defeat_gt_masks(
     check_boxes(boxes, boxes.shape[0])
     boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
     levels = defeat_box_levels(boxes, len(strides), finest_scale)
-    sizes = [(int(h), int(w)) for h, w in feature_sizes]
-    heights, widths = boxes.new_tensor(sizes).unbind(dim=-1)
-    # Every box's bounds on every level, (L, N, M, 4); a box counts only on its own level.
-    bounds = _level_cell_bounds(
-        boxes, boxes.new_tensor(strides)[:, None, None, None], (heights[:, None, None], widths[:, None, None])
-    )
-    on_level = valid & (levels == torch.arange(len(sizes), device=levels.device)[:, None, None])
-    # counts are non-negative integers: clamped in place they are the 0/1 masks
-    return [counts.clamp_(max=1).to(boxes.dtype) for counts in cover_counts_levels(bounds, on_level, sizes)]
+    # Each box lives on one level, so all levels come from one matmul: stack the levels' rows
+    # (and columns) end to end, shift every box into its level's block, and cut the diagonal
+    # blocks out of the (N, sum H, sum W) union. Off-diagonal blocks stay empty.
+    heights = [int(size[0]) for size in feature_sizes]
+    widths = [int(size[1]) for size in feature_sizes]
+    row_starts = [sum(heights[:i]) for i in range(len(heights))]
+    col_starts = [sum(widths[:i]) for i in range(len(widths))]
+    per_box = lambda values: boxes.new_tensor(values)[levels]  # noqa: E731
+    x0, y0, x1, y1 = _level_cell_bounds(
+        boxes, per_box(strides)[..., None], (per_box(heights), per_box(widths))
+    ).unbind(dim=-1)
+    row, col = per_box(row_starts), per_box(col_starts)
+    shifted = torch.stack([x0 + col, y0 + row, x1 + col, y1 + row], dim=-1)
+    union = cover_counts(shifted, valid, (sum(heights), sum(widths))).clamp_(max=1).to(boxes.dtype)
+    return [union[:, r : r + h, c : c + w] for r, c, h, w in zip(row_starts, col_starts, heights, widths)]
 
 
 def defeat_loss(
