@@ -77,6 +77,11 @@ def check_boxes(gt_boxes: Sequence[Tensor] | Tensor, batch_size: int, name: str 
     """Check per-image boxes: a sequence of ``(M_i, 4)`` tensors, or a padded ``(N, M, 4)`` tensor."""
     if _tracing():
         return
+    if gt_boxes is None or isinstance(gt_boxes, (str, bytes)) or not hasattr(gt_boxes, "__len__"):
+        raise TypeError(
+            f"{name} must be a list of (M_i, 4) tensors, one per image, or an (N, M, 4) tensor; "
+            f"got {type(gt_boxes).__name__}"
+        )
     if isinstance(gt_boxes, Tensor):
         if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 4:
             raise ValueError(f"{name} as one tensor must have shape (N, M, 4), got {tuple(gt_boxes.shape)}")

@@ -245,3 +245,5 @@ def test_multilevel_masks_equal_the_per_level_masks_and_feed_the_loss():
     )
     with pytest.raises(ValueError, match=r"masks must be \(fg, bg\) of shape \(2, 10, 17\)"):
         fgd_loss(s, t, None, None, masks=per_level[0])
+    with pytest.raises(TypeError, match="gt_boxes must be a list of"):
+        fgd_loss(s, t, None, None)
