@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         def cell(key: str, width: int) -> str:
             return f"{row[key]:>{width}.1f}" if key in row else " " * (width - 1) + "-"
 
-        def ratio(key: str) -> str:
-            return f"{row[key] / floor:>7.1f}x" if key in row else " " * 7 + "-"
+        def ratio(key: str) -> str:  # forward-only cases (box masks) do not touch the features: no floor
+            return f"{row[key] / floor:>7.1f}x" if key in row and case.backward else " " * 7 + "-"
 
         cuda_peak = f"  (CUDA allocator peak {row['cuda_peak_mib']:.1f} MiB)" if "cuda_peak_mib" in row else ""
         print(
