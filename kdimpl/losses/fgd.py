@@ -61,7 +61,7 @@ def fgd_multilevel_masks(
     fg = max_cover_levels(bounds, valid, weight, feature_sizes)
     bg = []
     for level in fg:
-        background = (level == 0).to(level.dtype)
+        background = torch.eq(level, 0, out=torch.empty_like(level))  # 1.0 / 0.0 without a bool copy
         bg.append(background.div_(background.sum(dim=(1, 2), keepdim=True).clamp_(min=1)))
     return list(zip(fg, bg))
 
