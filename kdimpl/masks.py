@@ -179,21 +179,22 @@ def _row_col_indicators(
     ``m`` when ``y0 <= y <= y1`` (invalid boxes have no rows). Also returns each row's level
     (``None`` for a single level, where no row needs looking up).
     """
-    if len(feature_sizes) == 1:
-        height, width = (int(size) for size in feature_sizes[0])
-        ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype)[:, None]
-        xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype)[:, None]
-        box = bounds[0, :, None]  # (N, 1, M, 4)
-        rows = (ys >= box[..., 1]) & (ys <= box[..., 3]) & valid[0, :, None]
-        cols = (xs >= box[..., 0]) & (xs <= box[..., 2])
-        return rows, cols, None
-    ys, row_level = _level_index([int(size[0]) for size in feature_sizes], bounds.device)
-    xs, col_level = _level_index([int(size[1]) for size in feature_sizes], bounds.device)
     per_image = bounds.transpose(0, 1)  # (N, L, M, 4)
-    y_range = per_image[..., 1::2].index_select(1, row_level)  # (N, sum H, M, 2): y0, y1 of each row's level
-    x_range = per_image[..., 0::2].index_select(1, col_level)
+    if len(feature_sizes) == 1:  # every row is on level 0: broadcast instead of looking rows up
+        height, width = (int(size) for size in feature_sizes[0])
+        ys = torch.arange(height, device=bounds.device)
+        xs = torch.arange(width, device=bounds.device)
+        row_level = None
+        y_range, x_range = per_image[..., 1::2], per_image[..., 0::2]  # (N, 1, M, 2)
+        row_valid = valid.transpose(0, 1)
+    else:
+        ys, row_level = _level_index([int(size[0]) for size in feature_sizes], bounds.device)
+        xs, col_level = _level_index([int(size[1]) for size in feature_sizes], bounds.device)
+        y_range = per_image[..., 1::2].index_select(1, row_level)  # (N, sum H, M, 2): y0, y1 of each row's level
+        x_range = per_image[..., 0::2].index_select(1, col_level)
+        row_valid = valid.transpose(0, 1).index_select(1, row_level)
     ys, xs = ys.to(bounds.dtype)[:, None], xs.to(bounds.dtype)[:, None]
-    rows = (ys >= y_range[..., 0]) & (ys <= y_range[..., 1]) & valid.transpose(0, 1).index_select(1, row_level)
+    rows = (ys >= y_range[..., 0]) & (ys <= y_range[..., 1]) & row_valid
     cols = (xs >= x_range[..., 0]) & (xs <= x_range[..., 1])
     return rows, cols, row_level
 
