@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +24,11 @@ class LossEntry:
     module: type[nn.Module]
     function: Callable[..., Any]
 
+    @property
+    def source(self) -> str:
+        """The defining file's stem (``"cwd"`` for ``kdimpl/losses/cwd.py``): the paper's prefix."""
+        return self.module.__module__.rpartition(".")[2]
+
 
 _REGISTRY: dict[str, LossEntry] = {}
 
@@ -32,13 +38,34 @@ def _qualified(obj: type) -> str:
 
 
 def register_loss(name: str, *, function: Callable[..., Any]):
-    """Class decorator that registers an ``nn.Module`` loss and its functional twin under ``name``."""
+    """Class decorator that registers an ``nn.Module`` loss and its functional twin under ``name``.
+
+    It also sets the class's ``function`` (used by :class:`kdimpl._base.LossModule`), gives its
+    ``forward`` the tensor arguments of ``function`` as signature, and appends both names to
+    the defining module's ``__all__`` (as timm's ``register_model`` does), so exports are listed once.
+    """
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         existing = _REGISTRY.get(name)
         # A module imported twice (importlib.reload, doctest collection by path) re-registers the same class.
         if existing is not None and _qualified(existing.module) != _qualified(cls):
             raise ValueError(f"loss name {name!r} is already registered by {_qualified(existing.module)}")
+        cls.function = staticmethod(function)
+        if "forward" not in cls.__dict__:
+            options = set(inspect.signature(cls.__init__).parameters)
+            params = [p for n, p in inspect.signature(function).parameters.items() if n not in options]
+            self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+            def forward(self, *inputs, **kwargs):
+                return super(cls, self).forward(*inputs, **kwargs)
+
+            forward.__signature__ = inspect.Signature([self_param, *params])
+            forward.__doc__ = f"Return ``loss_weight * {function.__name__}(...)`` with the stored options."
+            cls.forward = forward
+        exports = vars(sys.modules[cls.__module__]).setdefault("__all__", [])
+        for exported in (function.__name__, cls.__name__):
+            if exported not in exports:
+                exports.append(exported)
         _REGISTRY[name] = LossEntry(name, cls, function)
         return cls
 

@@ -1,4 +1,4 @@
-"""Benchmark workload for CWD: one loss per FPN level, summed (tau = 1, as the mmrazor detection configs)."""
+"""Benchmark workload for CWD: one loss per FPN level, summed (temperature 1, as the mmrazor detection configs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ CHANNELS = 256
 
 def _make(device, dtype, levels, gt_boxes, image_size):
     students, teachers = feature_levels(device, dtype, levels, len(gt_boxes), CHANNELS)
-    return lambda: sum(cwd_loss(s, t, tau=1.0) for s, t in zip(students, teachers))
+    return lambda: sum(cwd_loss(s, t, temperature=1.0) for s, t in zip(students, teachers))
 
 
 BENCH = [BenchCase("cwd", _make, channels=CHANNELS)]
