@@ -16,7 +16,8 @@ class LossModule(nn.Module):
     constructor signature that passes its options to ``super().__init__``; ``forward`` takes the
     tensors and returns ``loss_weight * function(*tensors, **options)``. Options that are
     modules (learnable pieces) are registered as submodules, so the optimiser and
-    ``DistributedDataParallel`` see them.
+    ``DistributedDataParallel`` see them. A keyword given to ``forward`` overrides the stored
+    option of the same name (a learnable piece passed per call, for example).
     """
 
     function: ClassVar[Callable[..., Tensor]]
@@ -35,7 +36,7 @@ class LossModule(nn.Module):
         return {name: getattr(self, name) for name in self._option_names}
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Tensor:
-        return self.loss_weight * type(self).function(*inputs, **self.options, **kwargs)
+        return self.loss_weight * type(self).function(*inputs, **{**self.options, **kwargs})
 
     def extra_repr(self) -> str:
         shown = {n: v for n, v in self.options.items() if not isinstance(v, nn.Module)}

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl import bench  # noqa: E402
-from kdimpl.bench_cases import all_bench_cases  # noqa: E402
+from benchmarks.losses import harness as bench  # noqa: E402
+from benchmarks.losses.cases import all_bench_cases  # noqa: E402
 
 TINY_LEVELS = [(12, 20), (6, 10)]
 CASES = all_bench_cases()

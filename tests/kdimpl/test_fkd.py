@@ -229,7 +229,7 @@ def test_missing_adapter_is_named():
 def test_compiles_across_level_sizes():
     # A second level size makes dynamo retrace with dynamic shapes. Inductor (CPU) used to fail there on
     # the non-local block's output convolution; compiling with it takes tens of seconds, so this checks
-    # the trace with the eager backend (the inductor run is the compiled column of kdimpl.bench).
+    # the trace with the eager backend (the inductor run is the compiled column of benchmarks.losses).
     generator = torch.Generator().manual_seed(2)
     adapter, teacher_block = FKDStudentAdapter(4, pool=2), NonLocalBlock2d(4, pool=2)
     with torch.no_grad():

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters.mgd import MGDGenerator
-from ..losses.mgd import mgd_loss, mgd_random_mask
+from kdimpl.adapters.mgd import MGDGenerator
+from kdimpl.losses.mgd import mgd_loss, mgd_random_mask
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.chen2017 import chen2017_bounded_regression_loss, chen2017_hint_loss, chen2017_soft_ce_loss
+from kdimpl.losses.chen2017 import chen2017_bounded_regression_loss, chen2017_hint_loss, chen2017_soft_ce_loss
 from . import BenchCase, feature_levels
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.glamd import glamd_loss
+from kdimpl.losses.glamd import glamd_loss
 from . import BenchCase
 
 CHANNELS = 256

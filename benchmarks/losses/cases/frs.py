@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.frs import frs_cls_loss, frs_feature_loss
+from kdimpl.losses.frs import frs_cls_loss, frs_feature_loss
 from . import BenchCase
 
 CHANNELS = 256

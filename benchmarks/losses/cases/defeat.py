@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.defeat import defeat_gt_masks, defeat_multilevel_loss, defeat_roi_kd_loss
+from kdimpl.losses.defeat import defeat_gt_masks, defeat_multilevel_loss, defeat_roi_kd_loss
 from . import BenchCase, feature_levels
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters.fgd import FGDGlobalContext
-from ..losses.fgd import fgd_loss, fgd_multilevel_masks
+from kdimpl.adapters.fgd import FGDGlobalContext
+from kdimpl.losses.fgd import fgd_loss, fgd_multilevel_masks
 from . import BenchCase
 
 CHANNELS = 256

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters.scalekd import ScaleDecoupledFeature
-from ..losses.scalekd import scalekd_assistant_box_loss, scalekd_assistant_cls_loss, scalekd_feature_loss
+from kdimpl.adapters.scalekd import ScaleDecoupledFeature
+from kdimpl.losses.scalekd import scalekd_assistant_box_loss, scalekd_assistant_cls_loss, scalekd_feature_loss
 from . import BenchCase, feature_levels
 
 NUM_CLASSES = 80

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..losses.structural_kd import structural_kd_loss
+from kdimpl.losses.structural_kd import structural_kd_loss
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

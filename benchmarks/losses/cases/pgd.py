@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.pgd import pgd_background_weights, pgd_cls_loss, pgd_prediction_weights, pgd_reg_loss, pgd_split_levels
+from kdimpl.losses.pgd import pgd_background_weights, pgd_cls_loss, pgd_prediction_weights, pgd_reg_loss, pgd_split_levels
 from . import BenchCase
 
 CHANNELS = 256

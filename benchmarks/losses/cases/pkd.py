@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..losses.pkd import pkd_loss
+from kdimpl.losses.pkd import pkd_loss
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

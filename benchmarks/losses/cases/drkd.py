@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters.drkd import GloReUnit, InstanceRelation
-from ..losses.drkd import drkd_instance_loss, drkd_pixel_loss
+from kdimpl.adapters.drkd import GloReUnit, InstanceRelation
+from kdimpl.losses.drkd import drkd_instance_loss, drkd_pixel_loss
 from . import BenchCase, feature_levels
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..losses.mimic import mimic_loss
+from kdimpl.losses.mimic import mimic_loss
 from . import BenchCase, feature_levels
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..losses.cwd import cwd_loss
+from kdimpl.losses.cwd import cwd_loss
 from . import BenchCase, feature_levels
 
 CHANNELS = 256

@@ -1,4 +1,4 @@
-"""Benchmark every loss on a realistic detection workload: ``python -m kdimpl.bench``.
+"""Benchmark every loss on a realistic detection workload: ``python -m benchmarks.losses``.
 
 Workload (the issue's reference): batch 2, 256 channels, the five FPN levels of a 1333x800
 input (strides 4 to 64), 20 boxes per image. For each loss it reports forward+backward time
@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .bench_cases import BenchCase, all_bench_cases
+from .cases import BenchCase, all_bench_cases
 
 IMAGE_SIZE = (800, 1333)  # (height, width) after mmdet's 1333x800 resize
 LEVELS = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]
@@ -217,7 +217,7 @@ def environment(device: torch.device) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdimpl.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.losses", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--mode", default="both", choices=["eager", "compile", "both"])

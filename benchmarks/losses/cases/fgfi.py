@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.fgfi import fgfi_loss, grid_anchors
+from kdimpl.losses.fgfi import fgfi_loss, grid_anchors
 from . import BenchCase, feature_levels
 
 

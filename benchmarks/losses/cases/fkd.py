@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
-from ..losses.fkd import fkd_loss
+from kdimpl.adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
+from kdimpl.losses.fkd import fkd_loss
 from . import BenchCase
 
 CHANNELS = 256

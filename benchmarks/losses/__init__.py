@@ -1,0 +1,1 @@
+"""Benchmarks of kdimpl's losses (not part of the installed package): ``python -m benchmarks.losses``."""
