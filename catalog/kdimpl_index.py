@@ -18,21 +18,35 @@ def _literal_names(node: ast.expr) -> list[str]:
     return []
 
 
+def _registered(node: ast.stmt) -> list[str]:
+    """``@register_loss(name, function=f)`` on a class exports the class and ``f`` (kdimpl._registry)."""
+    names: list[str] = []
+    for decorator in getattr(node, "decorator_list", ()):
+        call = decorator if isinstance(decorator, ast.Call) else None
+        func = call.func if call is not None else None
+        if isinstance(func, (ast.Name, ast.Attribute)) and getattr(func, "id", getattr(func, "attr", "")) == "register_loss":
+            names += [kw.value.id for kw in call.keywords if kw.arg == "function" and isinstance(kw.value, ast.Name)]
+            names.append(node.name)
+    return names
+
+
 def module_exports(source: str) -> list[str]:
     """Names that a module defines at top level (``def``/``class``), lists in ``__all__`` and does not mark private."""
     tree = ast.parse(source)
     listed: list[str] = []
     defined: set[str] = set()
+    registered: list[str] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined.add(node.name)
+            registered += _registered(node)
         elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
             listed = _literal_names(node.value)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__":
             listed = _literal_names(node.value) if node.value is not None else []
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__":
             listed += _literal_names(node.value)
-    return [name for name in listed if name in defined and not name.startswith("_")]
+    return [name for name in dict.fromkeys(listed + registered) if name in defined and not name.startswith("_")]
 
 
 def scan(root: str | Path) -> dict[str, str]:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import types
 
 import bibtexparser
 import pytest
 
 from catalog.bibtex import (
-    add_arguments,
     base_key,
     citation_keys,
     escape_latex,
     protect_title,
     render_bibtex,
-    run,
     venue_table,
 )
+from catalog.commands import bibtex as command
+from catalog.commands.bibtex import add_arguments, run
 from catalog.model import Catalog, CodeLink, Link, Paper
 
 
@@ -168,12 +167,11 @@ def test_venue_table_is_well_formed():
     table = venue_table()
     for label in ("CVPR", "ICCV", "ECCV", "NeurIPS", "ICLR", "AAAI", "IJCAI", "ICML", "WACV", "TPAMI", "PR"):
         assert label in table, label
+    assert "arXiv" not in table  # a preprint has no container: @misc
 
 
 def test_command_writes_papers_bib(tmp_path, monkeypatch):
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (CATALOG, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    monkeypatch.setattr(command, "validate_root", lambda root: types.SimpleNamespace(catalog=CATALOG, problems=[]))
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=".")
     add_arguments(parser)
@@ -185,9 +183,7 @@ def test_command_writes_papers_bib(tmp_path, monkeypatch):
 
 
 def test_command_prints_with_dash(tmp_path, monkeypatch, capsys):
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (CATALOG, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    monkeypatch.setattr(command, "validate_root", lambda root: types.SimpleNamespace(catalog=CATALOG, problems=[]))
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=".")
     add_arguments(parser)
@@ -197,9 +193,11 @@ def test_command_prints_with_dash(tmp_path, monkeypatch, capsys):
 
 
 def test_command_refuses_partial_data(tmp_path, monkeypatch, capsys):
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (CATALOG, ["papers/x.yaml:3: title: missing"])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    monkeypatch.setattr(
+        command,
+        "validate_root",
+        lambda root: types.SimpleNamespace(catalog=CATALOG, problems=["papers/x.yaml:3: title: missing"]),
+    )
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=".")
     add_arguments(parser)

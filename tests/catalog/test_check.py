@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catalog.validate import validate_root
+from catalog.validate import validate_root, venues
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "core" / "repo"
@@ -282,6 +282,106 @@ CASES = {
         edit("title: A Test Paper", "title: TODOS and a TODO List in a Test Paper"),
         [],
     ),
+    # Mistakes a contributor makes: each is refused with what to do.
+    "year with a decimal point": (
+        edit("year: 2022", "year: 2022.0"),
+        ["papers/x.yaml:8: year: must be a whole number such as 2023; write 2022.0 without the decimal point"],
+    ),
+    "venue with the year in it and another spelling": (
+        edit("venue: CVPR", "venue: Neurips 2023"),
+        [
+            "papers/x.yaml:7: venue: unknown venue 'Neurips 2023'; write it as 'NeurIPS'; "
+            "the year goes in `year`, not in the venue"
+        ],
+    ),
+    "venue in lowercase": (
+        edit("venue: CVPR", "venue: cvpr"),
+        ["papers/x.yaml:7: venue: unknown venue 'cvpr'; write it as 'CVPR'"],
+    ),
+    "venue misspelt": (
+        edit("venue: CVPR", "venue: ICCVV"),
+        ["papers/x.yaml:7: venue: unknown venue 'ICCVV'; write it as 'ICCV'"],
+    ),
+    "venue not in the vocabulary": (
+        edit("venue: CVPR", "venue: Workshop on Things"),
+        [
+            "papers/x.yaml:7: venue: unknown venue 'Workshop on Things'; use a label of catalog/data/venues.yaml "
+            f"({', '.join(venues())}), or add the venue there with its BibTeX type and full name"
+        ],
+    ),
+    "two authors joined by and": (
+        edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron and Alan Turing"),
+        ["papers/x.yaml:5: authors[0]: 'Ada Byron and Alan Turing' names several people; write one author per '- ' item"],
+    ),
+    "two authors joined by a comma": (
+        edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron, Alan Turing"),
+        ["papers/x.yaml:5: authors[0]: 'Ada Byron, Alan Turing' names several people; write one author per '- ' item"],
+    ),
+    "two authors joined by a semicolon": (
+        edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron; Alan Turing"),
+        ["papers/x.yaml:5: authors[0]: 'Ada Byron; Alan Turing' names several people; write one author per '- ' item"],
+    ),
+    "two authors joined by an over-indented continuation line": (
+        edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron\n    Alan Turing"),
+        [
+            "papers/x.yaml:5: authors[0]: YAML joins line 6 to this item, giving 'Ada Byron Alan Turing'; "
+            "put each author on its own line starting with '- ', at the same indentation"
+        ],
+    ),
+    "inverted name": (
+        edit("  - Alan Turing", "  - Turing, Alan"),
+        ["papers/x.yaml:6: authors[1]: 'Turing, Alan' reads as 'Last, First'; write it as 'Alan Turing' (First Last)"],
+    ),
+    "a name suffix after a comma is a name": (edit("  - Alan Turing", "  - Alan Turing, Jr."), []),
+    "description far too long": (
+        edit("description: A test description.", "description: " + "Distils features. " * 30 + "End."),
+        [
+            "papers/x.yaml:12: description: is 544 characters long; "
+            "keep it to one or two sentences of at most 400 characters"
+        ],
+    ),
+    "folded description that keeps its final line break": (
+        edit("description: A test description.", "description: >\n  A test\n  description."),
+        [
+            "papers/x.yaml:12: description: ends with a line break: write `>-` instead of `>` "
+            "(or `|-` instead of `|`), or one line"
+        ],
+    ),
+    "folded description without the line break": (
+        edit("description: A test description.", "description: >-\n  A test\n  description."),
+        [],
+    ),
+    "unquoted colon in the title": (
+        edit("title: A Test Paper on Distillation", "title: XKD: A Test Paper"),
+        [
+            "papers/x.yaml:3: yaml: invalid YAML: mapping values are not allowed in this context; "
+            'a value that contains \': \' must be quoted: title: "XKD: A Test Paper"'
+        ],
+    ),
+    "apostrophe inside single quotes": (
+        edit("title: A Test Paper on Distillation", "title: 'A Student's Paper'"),
+        [
+            "papers/x.yaml:3: yaml: invalid YAML: did not find expected key; "
+            "a quoted value must end with the quote it starts with; write a ' inside '...' as ''"
+        ],
+    ),
+    "a URL that would close the Markdown link and open another": (
+        edit(
+            "url: https://openaccess.thecvf.com/content/test.html",
+            "url: https://openaccess.thecvf.com/x)[Download_PDF](https://evil.example/login",
+        ),
+        [
+            "papers/x.yaml:15: links[0].url: URL must not contain spaces, ( ) < > [ ] \\ ` or quotes; "
+            "percent-encode them (( is %28, ) is %29)"
+        ],
+    ),
+    "a code URL with a quote": (
+        edit("url: https://github.com/test/xkd", "url: https://github.com/test/xkd\"onclick"),
+        [
+            "papers/x.yaml:19: code[0].url: URL must not contain spaces, ( ) < > [ ] \\ ` or quotes; "
+            "percent-encode them (( is %28, ) is %29)"
+        ],
+    ),
 }
 
 
@@ -325,8 +425,10 @@ FILE_CASES = {
         "links:\n\t- kind: cvf\n",
         [
             (
-                "papers/x.yaml:2: yaml: invalid YAML: found character that cannot start any token",
-                "papers/x.yaml:2: yaml: invalid YAML: found character '\\t' that cannot start any token",
+                "papers/x.yaml:2: yaml: invalid YAML: found character that cannot start any token; "
+                "indent with spaces, not tabs",
+                "papers/x.yaml:2: yaml: invalid YAML: found character '\\t' that cannot start any token; "
+                "indent with spaces, not tabs",
             )
         ],
     ),
@@ -408,10 +510,51 @@ def test_duplicate_papers(tmp_path):
         tmp_path,
         {"papers/x.yaml": BASE, "papers/y.yaml": same_arxiv, "papers/z.yaml": same_title, "papers/w.yaml": same_link},
     ) == [
-        "papers/x.yaml:15: links[0].url: same link as papers/w.yaml",
-        "papers/y.yaml:9: arxiv: same arXiv id (2201.99999) as papers/x.yaml",
-        "papers/y.yaml:17: links[1].url: same link as papers/x.yaml",
-        "papers/z.yaml:3: title: same title as papers/x.yaml",
+        "papers/w.yaml:15: links[0].url: papers/x.yaml repeats this paper (same paper link); "
+        "the problem is reported there",
+        "papers/x.yaml:3: title: papers/z.yaml repeats this paper (same paper title); the problem is reported there",
+        "papers/x.yaml:9: arxiv: papers/y.yaml repeats this paper (same arXiv id 2201.99999 and paper link); "
+        "the problem is reported there",
+        "papers/x.yaml:15: links[0].url: same paper as papers/w.yaml (same paper link); delete this file or move what "
+        "it adds to papers/w.yaml (reported here because neither file is in README.md yet and this file's name "
+        "sorts later)",
+        "papers/y.yaml:9: arxiv: same paper as papers/x.yaml (same arXiv id 2201.99999 and paper link); delete this "
+        "file or move what it adds to papers/x.yaml (reported here because neither file is in README.md yet and "
+        "this file's name sorts later)",
+        "papers/z.yaml:3: title: same paper as papers/x.yaml (same paper title); delete this file or move what it "
+        "adds to papers/x.yaml (reported here because neither file is in README.md yet and this file's name sorts "
+        "later)",
+    ]
+
+
+def test_duplicate_is_reported_on_the_file_not_yet_in_the_readme(tmp_path):
+    """The paper already listed in README.md is the original, even when the new file's name sorts first."""
+    root = make_repo(tmp_path)
+    (root / "README.md").write_text(
+        "\\[[CVF](https://openaccess.thecvf.com/content/test.html)\\]\n\\[[arXiv](https://arxiv.org/abs/2201.99999)\\]\n",
+        encoding="utf-8",
+    )
+    (root / "papers" / "x.yaml").write_text(BASE, encoding="utf-8")
+    copy = edit("https://openaccess.thecvf.com/content/test.html", "https://openaccess.thecvf.com/content/new.html")
+    (root / "papers" / "a-copy.yaml").write_text(copy, encoding="utf-8")
+    assert [str(problem) for problem in validate_root(root).problems] == [
+        "papers/a-copy.yaml:9: arxiv: same paper as papers/x.yaml (same arXiv id 2201.99999, paper title and paper "
+        "link); delete this file or move what it adds to papers/x.yaml (reported here because papers/x.yaml is "
+        "already in README.md)",
+        "papers/x.yaml:9: arxiv: papers/a-copy.yaml repeats this paper (same arXiv id 2201.99999, paper title and "
+        "paper link); the problem is reported there",
+    ]
+
+
+def test_same_doi_is_a_duplicate(tmp_path):
+    first = BASE.replace("sections:", "doi: 10.1109/X.1\nsections:")
+    second = edit("title: A Test Paper on Distillation", "title: Another Paper", first.replace("2201.99999", "2201.11111"))
+    second = second.replace("content/test", "content/second").replace("10.1109/X.1", "10.1109/x.1")
+    assert problems_for(tmp_path, {"papers/x.yaml": first, "papers/y.yaml": second}) == [
+        "papers/x.yaml:10: doi: papers/y.yaml repeats this paper (same DOI 10.1109/x.1); the problem is reported there",
+        "papers/y.yaml:10: doi: same paper as papers/x.yaml (same DOI 10.1109/x.1); delete this file or move what it "
+        "adds to papers/x.yaml (reported here because neither file is in README.md yet and this file's name sorts "
+        "later)",
     ]
 
 
@@ -497,3 +640,16 @@ def test_a_second_check_in_one_process_sees_every_change(tmp_path):
     text = sections.read_text(encoding="utf-8")
     sections.write_text(text.replace("id: masks", "id: masks-renamed"), encoding="utf-8")
     assert any("unknown section 'masks'" in str(p) for p in validate_root(root).problems)
+
+
+def test_kdimpl_exports_registered_by_decorator(tmp_path):
+    """``@register_loss(name, function=f)`` exports the class and ``f`` without an ``__all__``."""
+    root = make_repo(tmp_path)
+    (root / "kdimpl" / "losses" / "reg.py").write_text(
+        "from .._registry import register_loss\n\n\ndef reg_loss(s, t):\n    return 0\n\n\n"
+        '@register_loss("reg", function=reg_loss)\nclass RegLoss:\n    pass\n',
+        encoding="utf-8",
+    )
+    paper = BASE + "implementations:\n  - name: RegLoss\n    verification: paper\n  - name: reg_loss\n    verification: paper\n"
+    (root / "papers" / "x.yaml").write_text(paper, encoding="utf-8")
+    assert validate_root(root).problems == []

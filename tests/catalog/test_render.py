@@ -57,8 +57,8 @@ def test_entries_follow_the_contributing_format(tmp_path):
         == """\
 DELTA. *ICCV 2021*.
 \\[[IEEE Xplore](https://ieeexplore.ieee.org/abstract/document/1)\\]
-Implementation in kdimpl, checked against the paper's equations: `ToyLoss` in [kdimpl/losses/toy.py](kdimpl/losses/toy.py).
 \\- Masks features where the teacher and the student disagree.
+Implementation in kdimpl, checked against the paper's equations: `ToyLoss` in [kdimpl/losses/toy.py](kdimpl/losses/toy.py).
 
 - Delta Masks for Object Detection
 - Donald Knuth
@@ -68,8 +68,8 @@ ALPHA. *CVPR 2022*.
 \\[[arXiv](https://arxiv.org/abs/2201.00001)\\]
 <[GitHub](https://github.com/example/alpha)>
 <[Toolbox](https://github.com/example/toolbox/tree/main/alpha) (third-party)>
-Implementation in kdimpl, matching the official code's numbers: `ToyLoss` in `kdimpl/losses/toy.py` (linked above).
 \\- Distils the teacher's foreground features.
+Implementation in kdimpl, matching the official code's numbers: `ToyLoss` in `kdimpl/losses/toy.py` (linked above).
 
 - Alpha Distillation for Dense Detectors
 - Ada Lovelace and Alan Turing
@@ -89,8 +89,8 @@ Teacher and student detectors of different families.
 GAMMA. *ECCV 2022*.
 \\[[ECVA](https://www.ecva.net/papers/gamma.pdf)\\]
 <GitHub (third-party): the repository linked above for ALPHA (CVPR 2022)>
-Implementation in kdimpl, following secondary descriptions (the paper's text was not checked): `toy_loss` in `kdimpl/losses/toy.py` (linked above).
 \\- Uses an assistant head between teacher and student.
+Implementation in kdimpl, following secondary descriptions (the paper's text was not checked): `toy_loss` in `kdimpl/losses/toy.py` (linked above).
 
 - Gamma Assistants for Heterogeneous Detectors
 - Edsger Dijkstra and Barbara Liskov and John McCarthy
@@ -185,29 +185,33 @@ def test_markdown_in_data_is_escaped():
     assert render.md_line("- Not a bullet") == "\\- Not a bullet"
 
 
-def test_check_detects_a_stale_readme_and_prints_a_diff(tmp_path, capsys):
+def test_check_detects_a_stale_readme_and_prints_a_diff_when_strict(tmp_path, capsys):
     root = make_repo(tmp_path)
     assert build(root) == 0
     readme = root / "README.md"
     readme.write_text(readme.read_text(encoding="utf-8").replace("Grace Hopper", "Grace Hoper"), encoding="utf-8")
     capsys.readouterr()
-    assert cli.main(["check", "--root", str(root)]) == 1
+    # A contributor commits only the YAML file: a stale README is one line, not a failure.
+    assert cli.main(["check", "--root", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "README.md is out of date" in captured.err and len(captured.err.splitlines()) == 1
+    assert cli.main(["check", "--strict", "--root", str(root)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("README.md:1: (file): out of date; run `python -m catalog build` and commit the result\n")
     assert "--- README.md (on disk)\n+++ README.md (rendered)\n" in out
     assert "\n-- Grace Hoper\n+- Grace Hopper\n" in out
     assert "papers.bib" not in out
 
 
-def test_check_detects_a_missing_bibtex(tmp_path, capsys):
+def test_check_detects_a_missing_bibtex_when_strict(tmp_path, capsys):
     root = make_repo(tmp_path)
     assert build(root) == 0
     (root / "papers.bib").unlink()
     capsys.readouterr()
-    assert cli.main(["check", "--root", str(root)]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("papers.bib:1: (file): out of date")
-    assert "--- papers.bib (on disk, missing)\n" in out
+    assert cli.main(["check", "--root", str(root)]) == 0
+    assert "papers.bib is out of date" in capsys.readouterr().err
+    assert cli.main(["check", "--strict", "--root", str(root)]) == 1
+    assert "--- papers.bib (on disk, missing)\n" in capsys.readouterr().out
 
 
 def test_check_passes_after_build(tmp_path, capsys):
@@ -261,17 +265,9 @@ def test_build_refuses_bad_data(tmp_path, capsys):
     assert not (root / "README.md").exists()
 
 
-def test_repository_readme_is_in_sync_with_its_data():
-    """The committed README.md and papers.bib are exactly what `build` writes from papers/."""
-    from catalog.validate import validate_root
-
-    result = validate_root(REPO)
-    if result.problems:  # test_check / `catalog check` report these; this test is about the generated files
-        pytest.skip(f"papers/ has {len(result.problems)} data problem(s)")
-    for path, text in render.render_outputs(result.catalog, REPO).items():
-        assert (
-            render.diff_against_file(path, text, path.name) is None
-        ), f"{path.name} is stale: run python -m catalog build"
+def test_repository_data_is_valid(capsys):
+    """The tool over the real data: it is valid (whatever papers it holds; README.md may lag behind it)."""
+    assert cli.main(["check", "--root", str(REPO)]) == 0, capsys.readouterr().out
 
 
 def test_a_second_render_in_one_process_sees_template_and_data_changes(tmp_path):
