@@ -1,28 +1,29 @@
-"""arXiv metadata: ``python -m catalog new arxiv:ID`` (a YAML stub) and ``python -m catalog verify``.
+"""arXiv metadata for ``python -m catalog new`` (a YAML stub) and ``python -m catalog verify``.
 
 Both read the arXiv API's Atom feed (https://info.arxiv.org/help/api/user-manual.html) through
-:mod:`requests`; the base URL comes from ``CATALOG_ARXIV_API`` when set (tests point it at a local server).
-``verify`` asks for all ids in batched ``id_list`` queries, caches the records like ``links`` does, and
-compares titles and authors after normalisation (Unicode NFKD, case, punctuation, whitespace, hyphens,
-initials), so only real differences are reported, as ``path:line: field: message``.
+:mod:`catalog.http` (bodies capped at :data:`catalog.http.MAX_BODY_BYTES`); the base URL comes from
+``CATALOG_ARXIV_API`` when set (tests point it at a local server). ``verify`` asks for all ids in
+batched ``id_list`` queries, caches the records like ``links`` does, and compares titles
+(:func:`catalog.text.same_title`) and authors (accents, case, punctuation, hyphens, initials), so only
+real differences are reported, as ``path:line: field: message``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 import time
 import unicodedata
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import yaml
-
+from catalog.bibtex import ascii_fold, base_key, surname, venue_table
 from catalog.http import Deadline, JsonCache, Policy, Throttle, request_with_retries
-from catalog.loader import Problem
+from catalog.loader import PAPERS_DIR, SECTIONS_FILE, Problem, parse_text, read_regular_file
+from catalog.text import same_title, title_key
+from catalog.writer import paper_to_yaml, write_paper
 
 DEFAULT_API = "https://export.arxiv.org/api/query"
 ENV_API = "CATALOG_ARXIV_API"
@@ -42,8 +43,30 @@ _GITHUB_RE = re.compile(r"(?:https?://)?(?:www\.)?github\.com/[A-Za-z0-9_.-]+/[A
 _PAPER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
+#: What :func:`catalog.http.error_kind` names mean, for one-line messages.
+_REASONS = {
+    "dns": "DNS lookup failed",
+    "refused": "connection refused",
+    "reset": "connection reset",
+    "timeout": "timed out",
+    "deadline": "out of time",
+    "redirects": "too many redirects",
+    "too-large": "answer too large",
+    "connection": "connection failed",
+}
+
+
 class ArxivError(RuntimeError):
     """The arXiv API could not be reached or answered something unusable."""
+
+
+class ArxivUnreachable(ArxivError):
+    """No answer from the arXiv API: ``host`` and a short ``reason``."""
+
+    def __init__(self, host: str, reason: str):
+        super().__init__(f"could not reach arXiv ({host}: {reason})")
+        self.host = host
+        self.reason = reason
 
 
 def api_url() -> str:
@@ -142,10 +165,9 @@ def fetch_records(ids, *, policy: Policy | None = None, batch: int = 50, pause: 
     found: dict[str, ArxivRecord] = {}
     todo = []
     for arxiv_id in dict.fromkeys(ids):
-        record = cache.get(arxiv_id) if cache is not None else None
+        record = _cached_record(cache.get(arxiv_id)) if cache is not None else None
         if record is not None:
-            record.pop("checked_at", None)
-            found[arxiv_id] = ArxivRecord(**record)
+            found[arxiv_id] = record
         else:
             todo.append(arxiv_id)
     for start in range(0, len(todo), batch):
@@ -155,7 +177,8 @@ def fetch_records(ids, *, policy: Policy | None = None, batch: int = 50, pause: 
         out = request_with_retries("GET", api_url(), policy, throttle, limit, stream=False,
                                    params={"id_list": ",".join(chunk), "max_results": str(len(chunk))})
         if out.response is None:
-            raise ArxivError(f"arXiv API {api_url()} unreachable: {out.error}: {out.detail}")
+            host = urlsplit(api_url()).hostname or api_url()
+            raise ArxivUnreachable(host, _REASONS.get(out.error or "", out.error or "no answer"))
         if out.response.status_code != 200:
             raise ArxivError(f"arXiv API {api_url()} answered HTTP {out.response.status_code}")
         for record in parse_feed(out.response.content):
@@ -168,21 +191,41 @@ def fetch_records(ids, *, policy: Policy | None = None, batch: int = 50, pause: 
     return found
 
 
+def _cached_record(record: dict | None) -> ArxivRecord | None:
+    """The record a cache entry holds, or None when there is none or it is malformed."""
+    if record is None:
+        return None
+    names = {item.name for item in fields(ArxivRecord)}
+    values = {key: value for key, value in record.items() if key in names}
+    try:
+        parsed = ArxivRecord(**values)
+    except TypeError:  # a field is missing
+        return None
+    text_fields = (parsed.id, parsed.title, parsed.summary, parsed.comment, parsed.journal_ref, parsed.doi,
+                   parsed.primary_category)
+    if not (all(isinstance(value, str) for value in text_fields) and isinstance(parsed.year, int)
+            and isinstance(parsed.version, (str, type(None))) and isinstance(parsed.authors, list)
+            and all(isinstance(name, str) for name in parsed.authors)):
+        return None
+    return parsed
+
+
 # --- normalisation and comparison ----------------------------------------------------------------
+
+_TEX = re.compile(r"\$|\\[a-zA-Z]+|[{}^_]")
+
+
+def detex(text: str) -> str:
+    """arXiv titles may carry LaTeX math markup: drop it (``$\\mathcal{X}$`` -> `` X ``)."""
+    return _TEX.sub(" ", text)
 
 
 def fold(text: str) -> str:
-    """NFKD, accents dropped, casefolded, LaTeX math markup dropped, punctuation/hyphens -> spaces, collapsed."""
-    text = re.sub(r"\$|\\[a-zA-Z]+|[{}^_]", " ", text)
-    text = unicodedata.normalize("NFKD", text)
+    """NFKD, accents dropped, casefolded, LaTeX markup dropped, punctuation/hyphens -> spaces, collapsed."""
+    text = unicodedata.normalize("NFKD", detex(text))
     text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
     text = "".join(c if c.isalnum() else " " for c in text)
     return " ".join(text.split())
-
-
-def title_key(title: str) -> str:
-    """Titles equal up to case, accents, punctuation, hyphenation and spacing have the same key."""
-    return fold(title).replace(" ", "")
 
 
 def names_match(a: str, b: str) -> bool:
@@ -222,12 +265,9 @@ def _key_lines(text: str) -> tuple[dict[str, int], list[int]]:
 def compare(paper, record: ArxivRecord, root: Path) -> list[Problem]:
     """Title and author differences between a catalog paper and its arXiv record."""
     path = paper.path or f"papers/{paper.id}.yaml"
-    try:
-        keys, author_lines = _key_lines((root / path).read_text(encoding="utf-8"))
-    except OSError:
-        keys, author_lines = {}, []
+    keys, author_lines = _key_lines(_read(root / path))
     out: list[Problem] = []
-    if title_key(paper.title) != title_key(record.title):
+    if not same_title(paper.title, detex(record.title)):
         out.append(Problem(path, keys.get("title", 1), "title",
                             f"{paper.title!r} here, {record.title!r} on arXiv {record.id}"))
     ours, theirs = list(paper.authors), list(record.authors)
@@ -268,7 +308,7 @@ def verify(catalog, root: Path, records: dict[str, ArxivRecord]) -> list[Problem
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_regular_file(path).decode("utf-8", errors="replace")
     except OSError:
         return ""
 
@@ -280,22 +320,23 @@ def existing_papers(root: Path) -> list[tuple[str, str | None, str]]:
     """``(repo-relative path, arxiv id, title)`` of every ``papers/*.yaml``, read raw so that files the
     loader rejects still count as duplicates."""
     out = []
-    for path in sorted((root / "papers").glob("*.yaml")):
-        if path.name.startswith("_"):
+    for path in sorted((root / PAPERS_DIR).glob("*.yaml")):
+        if path.name == SECTIONS_FILE:
             continue
+        rel = path.relative_to(root).as_posix()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
+            data = parse_text(rel, read_regular_file(path)).data
+        except OSError:
             continue
         if isinstance(data, dict):
             arxiv = data.get("arxiv")
-            out.append((path.relative_to(root).as_posix(), str(arxiv) if arxiv else None, str(data.get("title", ""))))
+            out.append((rel, str(arxiv) if arxiv else None, str(data.get("title", ""))))
     return out
 
 
 def find_duplicate(record: ArxivRecord, root: Path) -> str | None:
     """A message naming the existing file when the paper is already in the catalog, else None."""
-    key = title_key(record.title)
+    key = title_key(detex(record.title))
     for path, arxiv, title in existing_papers(root):
         if arxiv and arxiv == record.id:
             return f"{path} already has arXiv {record.id}"
@@ -306,8 +347,6 @@ def find_duplicate(record: ArxivRecord, root: Path) -> str | None:
 
 def guess_venue(record: ArxivRecord) -> tuple[str, int]:
     """A venue label named in the comments or journal reference (exactly one known label), else arXiv."""
-    from catalog.bibtex import venue_table
-
     text = f"{record.comment} {record.journal_ref}"
     hits = [label for label in venue_table() if re.search(rf"(?<![A-Za-z]){re.escape(label)}(?![A-Za-z])", text)]
     if len(hits) != 1:
@@ -317,8 +356,7 @@ def guess_venue(record: ArxivRecord) -> tuple[str, int]:
 
 
 def default_id(record: ArxivRecord, root: Path) -> str:
-    from catalog.bibtex import ascii_fold, base_key, surname
-
+    """``<surname><year>``, or with the first title word, or numbered: a file name not yet taken."""
     name = ascii_fold(surname(record.authors[0])) if record.authors else "paper"
     candidates = [f"{name}{record.year}"]
     word = base_key(_PseudoPaper(record))[len(name) + 4:]
@@ -359,106 +397,29 @@ def stub(record: ArxivRecord) -> dict:
     return data
 
 
-def _write_paper(path: Path, data: dict) -> None:
-    from catalog.writer import paper_to_yaml, write_paper
+def template(arxiv_id: str | None = None) -> dict:
+    """A paper mapping for a contributor to fill in without network: every required field, marked TODO.
 
-    try:
-        write_paper(path, data)
-    except ImportError:  # catalog.atomic not there yet: same text, written atomically here
-        from catalog.atomic import write_file
-
-        write_file(path, paper_to_yaml(data))
-
-
-def add_new_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="ARXIV", help="arxiv:ID, ID, or an arxiv.org abs/pdf URL (version optional)")
-    parser.add_argument("--id", dest="paper_id", metavar="ID", help="file name papers/ID.yaml (default: surname+year)")
-    parser.add_argument("--stdout", action="store_true", help="print the stub instead of writing it")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-
-
-def run_new(args: argparse.Namespace) -> int:
-    root = Path(getattr(args, "root", None) or ".")
-    try:
-        arxiv_id, _version = parse_ref(args.ref)
-    except ValueError as exc:
-        print(f"new: {exc}", file=sys.stderr)
-        return 2
-    # Refuse early on a known id, before asking arXiv.
-    for path, arxiv, _title in existing_papers(root):
-        if arxiv == arxiv_id:
-            print(f"new: {path} already has arXiv {arxiv_id}; not writing a duplicate", file=sys.stderr)
-            return 1
-    try:
-        records = fetch_records([arxiv_id], policy=Policy(timeout=args.timeout, retries=2, backoff=1.0,
-                                                          host_concurrency=1), pause=0)
-    except ArxivError as exc:
-        print(f"new: {exc}", file=sys.stderr)
-        return 2
-    record = records.get(arxiv_id)
-    if record is None:
-        print(f"new: arXiv has no paper {arxiv_id}", file=sys.stderr)
-        return 1
-    duplicate = find_duplicate(record, root)
-    if duplicate:
-        print(f"new: {duplicate}; not writing a duplicate", file=sys.stderr)
-        return 1
-    data = stub(record)
-    if args.stdout:
-        from catalog.writer import paper_to_yaml
-
-        sys.stdout.write(paper_to_yaml(data))
-        return 0
-    paper_id = args.paper_id or default_id(record, root)
-    if not _PAPER_ID_RE.match(paper_id):
-        print(f"new: --id {paper_id!r}: expected lowercase letters, digits and '-'", file=sys.stderr)
-        return 2
-    path = root / "papers" / f"{paper_id}.yaml"
-    if path.exists():
-        print(f"new: {path.relative_to(root).as_posix()} exists; choose another --id", file=sys.stderr)
-        return 1
-    _write_paper(path, data)
-    rel = path.relative_to(root).as_posix()
-    print(f"wrote {rel}: {record.title}")
-    print(f"  fill in `sections` and `description` (TODO), check `venue`/`year` ({data['venue']} {data['year']}),"
-          " add publisher links, then run `python -m catalog check`")
-    return 0
+    ``check`` reports each TODO as a placeholder still to fill in.
+    """
+    data = {
+        "title": "TODO: the paper's title",
+        "authors": ["TODO: First Author", "TODO: Second Author"],
+        "venue": "TODO: venue, e.g. CVPR, or arXiv",
+        "year": "TODO: year",
+        "sections": [TODO_SECTION],
+        "description": TODO_DESCRIPTION,
+        "links": [{"kind": "TODO-kind", "url": "TODO: https:// URL of the paper"}],
+    }
+    if arxiv_id:
+        data["arxiv"] = arxiv_id
+        data["links"] = [{"kind": "arxiv", "url": f"https://arxiv.org/abs/{arxiv_id}"}]
+    return data
 
 
-# --- `verify` -------------------------------------------------------------------------------------
+def write_new_paper(path: Path, data: dict) -> None:
+    """Write a new paper file; raises :class:`FileExistsError` rather than replace one."""
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(str(path))
+    write_paper(path, data)
 
-
-def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", metavar="FILE", help=f"record cache (default: {DEFAULT_CACHE} under --root)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--ttl", type=float, default=7 * 86400.0, metavar="SECONDS",
-                        help="how long an arXiv record stays cached (default: 7 days)")
-    parser.add_argument("--batch", type=int, default=50, help="ids per API call (default: 50)")
-    parser.add_argument("--pause", type=float, default=3.0, metavar="SECONDS",
-                        help="wait between API calls, as arXiv asks (default: 3)")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-
-
-def run_verify(args: argparse.Namespace) -> int:
-    from catalog.loader import load_catalog
-
-    root = Path(getattr(args, "root", None) or ".")
-    catalog, problems = load_catalog(root)
-    if problems:
-        print(f"verify: {len(problems)} problem(s) in papers/ (run `catalog check`); verifying the papers that loaded",
-              file=sys.stderr)
-    cache = None if args.no_cache else JsonCache(Path(args.cache) if args.cache else root / DEFAULT_CACHE, args.ttl)
-    ids = sorted({p.arxiv for p in catalog.papers if p.arxiv})
-    try:
-        records = fetch_records(ids, policy=Policy(timeout=args.timeout, retries=3, backoff=args.pause or 1.0,
-                                                   host_concurrency=1),
-                                batch=args.batch, pause=args.pause, cache=cache)
-    except ArxivError as exc:
-        print(f"verify: {exc}", file=sys.stderr)
-        return 2
-    mismatches = verify(catalog, root, records)
-    for mismatch in mismatches:
-        print(mismatch)
-    checked = sum(1 for p in catalog.papers if p.arxiv)
-    print(f"verify: {checked} paper(s) with an arXiv id, {len(mismatches)} mismatch(es)", file=sys.stderr)
-    return 1 if mismatches else 0

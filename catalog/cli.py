@@ -1,105 +1,48 @@
 """``python -m catalog <command> [--root DIR]``: the catalog's command line.
 
-Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
-Only the module of the command being run is imported, so a missing or broken module breaks its
-own command and nothing else.
+Each command is a module of :mod:`catalog.commands` with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``; this module only builds the parser and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
 import sys
 
-# command -> (module, add_arguments function, run function, one-line help)
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "check": (
-        "catalog.validate",
-        "add_arguments",
-        "run",
-        "validate papers/ and check that README.md and papers.bib are up to date",
-    ),
-    "build": ("catalog.render", "add_arguments", "run", "render README.md and papers.bib from papers/"),
-    "import-markdown": ("catalog.importer", "add_arguments", "run", "import papers from a hand-written awesome README"),
-    "links": ("catalog.links", "add_arguments", "run", "check that every link still answers"),
-    "new": ("catalog.arxiv", "add_new_arguments", "run_new", "write papers/<id>.yaml from an arXiv id"),
-    "verify": ("catalog.arxiv", "add_verify_arguments", "run_verify", "compare papers with their arXiv metadata"),
-    "bibtex": ("catalog.bibtex", "add_arguments", "run", "print or write the BibTeX of every paper"),
+from catalog.commands import bibtex, build, check, import_markdown, links, new, verify
+
+COMMANDS = {
+    "check": check,
+    "build": build,
+    "new": new,
+    "verify": verify,
+    "links": links,
+    "bibtex": bibtex,
+    "import-markdown": import_markdown,
 }
 
 
-def _selected(argv: list[str]) -> str | None:
-    """The command named on the command line (the first argument that is one), if any."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--root":
-            skip = True
-        elif arg in COMMANDS:
-            return arg
-        elif not arg.startswith("-"):
-            return None
-    return None
-
-
-def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="catalog", description="Curate the detection-KD paper catalog.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
-    selected = _selected(argv)
-    runner = None
-    for name, (module_name, add_name, run_name, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    for name, module in COMMANDS.items():
+        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         sub.add_argument("--root", default=".", metavar="DIR", help="repository root (default: the current directory)")
-        if name != selected:
-            continue
-        try:
-            module = importlib.import_module(module_name)
-            add_arguments = getattr(module, add_name)
-            runner = getattr(module, run_name)
-        except (ImportError, AttributeError) as error:
-            raise SystemExit(f"catalog {name}: this command is unavailable ({type(error).__name__}: {error})") from None
-        add_arguments(sub)
-    return parser, runner
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; its exit status (2 for a usage error, 130 when interrupted)."""
     try:
-        parser, runner = build_parser(argv)
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-            return 2
-        raise
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    # A command builds many small objects and no cycles worth collecting: pausing the cyclic
-    # garbage collector makes big catalogs about 20% faster.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return int(runner(args) or 0)
+        return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("catalog: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
-    finally:
-        if _is_the_program():
-            # The process ends now, holding millions of objects (the catalog, the files kept for
-            # reuse); the collection that the interpreter runs at exit would traverse them all for
-            # nothing, about 0.3 s for 10,000 papers. Frozen objects are not traversed.
-            gc.freeze()
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _is_the_program() -> bool:
-    """Whether this process is ``python -m catalog`` itself (not a test or a script calling main)."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return getattr(spec, "name", None) == "catalog.__main__"

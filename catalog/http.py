@@ -1,10 +1,12 @@
 """HTTP plumbing shared by ``links``, ``new`` and ``verify``: retries, per-host limits, a result cache.
 
-The retry policy follows lychee (``lychee-lib/src/retry.rs``, ``ratelimit/host``; see
-/work/shared/research/catalog-anchors.md §4): timeouts, reset connections, 408, 429 and 5xx are retried
-with exponential backoff; ``Retry-After`` (seconds or HTTP-date) is honoured up to a cap; a host that
-answers 429 is slowed down for all of its later requests; DNS failures and refused connections are not
-retried. Every wait is bounded by an overall :class:`Deadline`, so callers always finish.
+The retry policy follows lychee's (``lychee-lib/src/retry.rs``, ``ratelimit/host``): timeouts, reset
+connections, 408, 429 and 5xx are retried with exponential backoff; ``Retry-After`` (seconds or
+HTTP-date) is honoured up to a cap; a host that answers 429 is slowed down for all of its later requests;
+DNS failures and refused connections are not retried. Every wait is bounded by an overall
+:class:`Deadline`, and every request by a total time limit (a watchdog shuts its connection down, so a
+server that trickles its headers or body one byte at a time cannot hold a request open); bodies are
+read in chunks up to a byte cap, after decompression.
 """
 
 from __future__ import annotations
@@ -12,22 +14,28 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
-import os
 import socket
-import tempfile
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+
+from catalog.atomic import write_file
+from catalog.text import host_key, url_host
 
 USER_AGENT = "awesome-kd-detection-catalog/0.1 (link and metadata checker; +https://github.com/)"
 
 #: Statuses worth another try: the server may answer differently a moment later.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+#: The most bytes of a (decompressed) response body that is read.
+MAX_BODY_BYTES = 5_000_000
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -60,14 +68,95 @@ class Deadline:
         return self.remaining() <= 0.0
 
 
-def host_key(url: str) -> str:
-    """The per-host bucket of a URL: host and port (two local test servers are two hosts)."""
-    parts = urlsplit(url)
-    return (parts.netloc or parts.path).lower()
-
-
 def hostname(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    """The URL's host, one spelling per host (:func:`catalog.text.url_host`)."""
+    return url_host(url)
+
+
+class BodyTooLarge(Exception):
+    """A response body larger than the cap (after decompression)."""
+
+
+_current = threading.local()  # the watchdog of the request this thread is making
+
+
+class _Watchdog:
+    """Shuts down the connection of this thread's request when the request's total time is up."""
+
+    def __init__(self, seconds: float):
+        self.fired = False
+        self.connection = None
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        _current.watchdog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _current.watchdog = None
+
+    def watch(self, connection) -> None:
+        self.connection = connection
+        if self.fired:
+            self._shutdown()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args, **kwargs):
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is not None:
+            watchdog.watch(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    request = _WatchedHTTPConnection.request
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter whose connections report to this thread's :class:`_Watchdog`."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def read_body(response: requests.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The decompressed body of a streamed response, at most ``limit`` bytes; raises :class:`BodyTooLarge`."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = response.raw.read(65536, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise BodyTooLarge(f"the answer is larger than {limit:,} bytes")
+        chunks.append(chunk)
 
 
 @dataclass
@@ -186,7 +275,7 @@ def thread_session(pool_size: int = 10) -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        adapter = _WatchedAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
@@ -199,7 +288,7 @@ class Outcome:
     """The last answer of :func:`request_with_retries`: a response or an error kind."""
 
     response: requests.Response | None = None
-    error: str | None = None  # error_kind(), or "deadline"
+    error: str | None = None  # error_kind(), "deadline" or "too-large"
     detail: str = ""
     attempts: int = 0
     method: str = "GET"
@@ -219,7 +308,8 @@ def request_with_retries(
     """One logical request: per-host limits, retries with backoff, optional HEAD -> GET fallback.
 
     ``fallback_get(status) -> bool`` says whether a HEAD answer means "try GET instead". The response is
-    closed before it is returned unless ``stream`` is False (then its body is read).
+    closed before it is returned unless ``stream`` is False (then at most :data:`MAX_BODY_BYTES` of its
+    body are read into ``response._content``). Each attempt, body included, ends within ``policy.timeout``.
     """
     state = throttle.host(url)
     stream = kwargs.pop("stream", True)
@@ -237,13 +327,22 @@ def request_with_retries(
             return _deadline(out)
         out.attempts += 1
         retry_after = None
+        watchdog = _Watchdog(timeout)
         try:
             sess = session or thread_session(max(policy.host_concurrency, 10))
-            resp = sess.request(method, url, timeout=timeout, allow_redirects=False, stream=stream, **kwargs)
-            if stream:
-                resp.close()
-        except requests.RequestException as exc:
+            with watchdog:
+                resp = sess.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
+                if stream:
+                    resp.close()
+                else:
+                    resp._content, resp._content_consumed = read_body(resp), True
+        except BodyTooLarge as exc:
+            out.response, out.error, out.detail = None, "too-large", str(exc)
+            retryable = False
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             out.response, out.error, out.detail = None, error_kind(exc), f"{type(exc).__name__}: {exc}"
+            if watchdog.fired:
+                out.error, out.detail = "timeout", f"no complete answer within {timeout:g} s"
             retryable = out.error in ("timeout", "reset", "connection")
             if out.error == "timeout" and deadline.expired():
                 out.detail += " (overall deadline)"
@@ -290,30 +389,47 @@ def _deadline(out: Outcome) -> Outcome:
 class JsonCache:
     """A JSON file of ``key -> record`` with a time to live; only what the caller puts in is cached.
 
-    Records carry ``checked_at`` (epoch seconds). Expired records are dropped on load. ``save`` writes
-    atomically (temp file + ``os.replace``) and is a no-op for a disabled cache (``path=None``).
+    Records carry ``checked_at`` (epoch seconds). Expired or malformed records are dropped on load; a
+    file that cannot be read or parsed is discarded with a warning (``warn``, stderr by default), and
+    so is a failed save: the cache only ever saves time. ``save`` writes atomically and is a no-op for
+    a disabled cache (``path=None``).
     """
 
     VERSION = 1
 
-    def __init__(self, path: str | Path | None, ttl: float, clock=time.time):
+    def __init__(self, path: str | Path | None, ttl: float, clock=time.time, warn=None):
         self.path = Path(path) if path else None
         self.ttl = ttl
         self.clock = clock
+        self.warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
         self.entries: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._dirty = False
-        if self.path is not None and self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                data = {}
-            if isinstance(data, dict) and data.get("version") == self.VERSION and isinstance(data.get("entries"), dict):
-                now = self.clock()
-                self.entries = {
-                    k: v for k, v in data["entries"].items()
-                    if isinstance(v, dict) and now - float(v.get("checked_at", 0)) < self.ttl
-                }
+        if self.path is not None:
+            self.entries = self._load(self.path)
+
+    def _load(self, path: Path) -> dict[str, dict]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            self.warn(f"{path}: cannot read the cache ({error.strerror or error}); starting without it")
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as error:
+            self.warn(f"{path}: not a valid cache ({type(error).__name__}); starting without it")
+            return {}
+        if not (isinstance(data, dict) and data.get("version") == self.VERSION and isinstance(data.get("entries"), dict)):
+            self.warn(f"{path}: not a version-{self.VERSION} cache; starting without it")
+            return {}
+        now = self.clock()
+        entries = {}
+        for key, record in data["entries"].items():
+            checked = record.get("checked_at") if isinstance(record, dict) else None
+            if isinstance(checked, (int, float)) and not isinstance(checked, bool) and now - checked < self.ttl:
+                entries[key] = record
+        return entries
 
     def get(self, key: str) -> dict | None:
         if self.path is None:
@@ -322,9 +438,8 @@ class JsonCache:
             record = self.entries.get(key)
             if record is None:
                 return None
-            if self.clock() - float(record.get("checked_at", 0)) >= self.ttl:
+            if self.clock() - record["checked_at"] >= self.ttl:
                 del self.entries[key]
-                self._dirty = True
                 return None
             return dict(record)
 
@@ -333,7 +448,6 @@ class JsonCache:
             return
         with self._lock:
             self.entries[key] = dict(record, checked_at=self.clock())
-            self._dirty = True
 
     def save(self) -> None:
         if self.path is None:
@@ -341,13 +455,7 @@ class JsonCache:
         with self._lock:
             text = json.dumps({"version": self.VERSION, "entries": dict(sorted(self.entries.items()))},
                               indent=1, ensure_ascii=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            write_file(self.path, text)
+        except OSError as error:
+            self.warn(f"{self.path}: cannot save the cache ({error.strerror or error})")

@@ -21,17 +21,17 @@ as ``FILE:line: message`` and nothing is written.
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import mistune
 import yaml
+from mistune.block_parser import BlockParser
+from mistune.core import BlockState
 
-from catalog import writer
+from catalog.text import title_key, url_host
 
 CONTENTS_TITLES = {"contents", "table of contents", "toc"}
 
@@ -78,9 +78,6 @@ class ImportResult:
 
 def _markdown():
     """A mistune AST parser whose top-level block tokens carry ``_pos`` (offset in the source)."""
-    import mistune
-    from mistune.block_parser import BlockParser
-    from mistune.core import BlockState
 
     class _State(BlockState):
         def add_paragraph(self, text):
@@ -140,10 +137,6 @@ def slugify(text: str) -> str:
     return re.sub(r"-{2,}", "-", text).strip("-")
 
 
-def _title_key(title: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKD", title).casefold())
-
-
 def _normalise_url(url: str) -> str:
     """Mechanical URL clean-up: https, arXiv abs form without version, no trailing slash on IEEE."""
     url = url.strip()
@@ -152,8 +145,7 @@ def _normalise_url(url: str) -> str:
     m = _ARXIV_URL.match(url)
     if m:
         return f"https://arxiv.org/abs/{m.group('id')}"
-    parts = urlsplit(url)
-    if parts.hostname == "ieeexplore.ieee.org" and url.endswith("/"):
+    if url_host(url) == "ieeexplore.ieee.org" and url.endswith("/"):
         url = url.rstrip("/")
     return url
 
@@ -391,7 +383,7 @@ class _Importer:
             return
         if len(self.problems) > before:
             return
-        key = f"arxiv:{arxiv}" if arxiv else f"title:{_title_key(title)}"
+        key = f"arxiv:{arxiv}" if arxiv else f"title:{title_key(title)}"
         section.n_papers += 1
         self.entries.append(_Entry(line=line, section=section, data=data, key=key))
 
@@ -453,7 +445,7 @@ class _Importer:
     def _paper_link(self, tok: dict, line: int) -> dict | None:
         label = _clean(_inline_text(tok["children"]))
         url = _normalise_url(tok["attrs"]["url"])
-        host = urlsplit(url).hostname or ""
+        host = url_host(url)
         by_host = next((kind for kind, _, hosts in self.link_kinds if host in hosts), None)
         by_label = next((kind for kind, lab, _ in self.link_kinds if lab.casefold() == label.casefold()), None)
         if by_host is None and by_label is None:
@@ -469,7 +461,7 @@ class _Importer:
     def _code_link(self, tok: dict, line: int) -> dict | None:
         label = _clean(_inline_text(tok["children"]))
         url = _normalise_url(tok["attrs"]["url"])
-        host = urlsplit(url).hostname or ""
+        host = url_host(url)
         if not url.startswith("https://") or not host:
             self.error(line, f"code link {label!r} has no valid https URL: {url!r}")
             return None
@@ -487,8 +479,8 @@ class _Importer:
         title_to_key: dict[str, str] = {}
         for entry in self.entries:
             per_section[entry.section.id] = per_section.get(entry.section.id, 0) + 1
-            key = title_to_key.get(_title_key(entry.data["title"]), entry.key)
-            title_to_key.setdefault(_title_key(entry.data["title"]), key)
+            key = title_to_key.get(title_key(entry.data["title"]), entry.key)
+            title_to_key.setdefault(title_key(entry.data["title"]), key)
             if key not in papers_by_key:
                 papers_by_key[key] = entry.data
                 first_line[key] = entry.line
@@ -566,67 +558,3 @@ def import_markdown(src: str, filename: str = "README.md", sections: list[dict] 
     if importer.problems:
         raise ImportFailed(importer.problems)
     return importer.result()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="the awesome README to import")
-    parser.add_argument("--out", metavar="DIR",
-                        help="where to write <id>.yaml files, relative to --root (default: papers)")
-    parser.add_argument("--sections", metavar="FILE",
-                        help="an existing section tree relative to --root (e.g. papers/_sections.yaml): "
-                        "map headings to its ids by title; "
-                        "without it, ids are derived from the headings and DIR/_sections.yaml is written")
-    parser.add_argument("--dry-run", action="store_true", help="parse and report, write nothing")
-    parser.add_argument("--force", action="store_true", help="overwrite files that already exist in DIR")
-
-
-def run(args: argparse.Namespace) -> int:
-    root = Path(getattr(args, "root", None) or ".")
-    out = root / (args.out or "papers")  # an absolute --out stays as it is
-    try:
-        src = Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"{args.file}: cannot read: {exc}", file=sys.stderr)
-        return 1
-    sections = None
-    if args.sections:
-        sections_path = root / args.sections
-        try:
-            sections = yaml.safe_load(sections_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            print(f"{args.sections}: cannot read the section tree: {exc}", file=sys.stderr)
-            return 1
-        valid = isinstance(sections, list) and all(isinstance(n, dict) and {"id", "title"} <= set(n) for n in sections)
-        if not valid:
-            print(f"{args.sections}: expected a list of sections with 'id' and 'title'", file=sys.stderr)
-            return 1
-    try:
-        result = import_markdown(src, args.file, sections)
-    except ImportFailed as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s); nothing written", file=sys.stderr)
-        return 1
-    for warning in result.warnings:
-        print(warning, file=sys.stderr)
-    files = {out / f"{paper_id}.yaml": writer.paper_to_yaml(data) for paper_id, data in result.papers.items()}
-    if result.sections is not None:
-        files[out / "_sections.yaml"] = writer.sections_to_yaml(result.sections)
-    existing = sorted(str(path) for path in files if path.exists())
-    if existing and not args.force and not args.dry_run:
-        for path in existing:
-            print(f"{path}: already exists (use --force to overwrite)", file=sys.stderr)
-        return 1
-    n_entries = sum(result.per_section.values())
-    summary = f"{n_entries} entries, {len(result.papers)} papers"
-    if args.dry_run:
-        for path in files:
-            print(f"would write {path}")
-        print(f"{summary}; dry run, nothing written")
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    from catalog.atomic import write_files
-
-    write_files(files)
-    print(f"{summary}; wrote {len(files)} file(s) to {out}")
-    return 0

@@ -8,7 +8,8 @@ Classes (``status`` in the JSON report):
 - ``blocked``: 401/403/418/429 from a host in ``catalog/data/bot-blocking-hosts.yaml``;
 - ``broken``: 404, 410, DNS failure, connection refused;
 - ``unknown``: anything else (redirect loop, timeouts after retries, 5xx after retries, 403 from an
-  unlisted host, the overall deadline).
+  unlisted host, the overall deadline, a redirect from a public host to a loopback, private or
+  reserved address, which is not followed and never suggested).
 
 Only ``broken`` makes the command fail. HEAD is tried first, then GET where the HEAD answer is a refusal
 (4xx other than 429, or 501); see :mod:`catalog.http` for retries and per-host limits.
@@ -16,11 +17,10 @@ Only ``broken`` makes the command fail. HEAD is tried first, then GET where the 
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import functools
+import ipaddress
 import json
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +29,7 @@ from urllib.parse import urljoin
 
 import yaml
 
+from catalog.atomic import write_file
 from catalog.http import Deadline, JsonCache, Policy, Throttle, hostname, request_with_retries
 
 STATUSES = ("ok", "redirected", "blocked", "broken", "unknown")
@@ -83,9 +84,32 @@ def is_blocking(host: str, status: int, table: dict[str, frozenset[int]]) -> boo
     return False
 
 
+def is_internal_host(host: str) -> bool:
+    """Whether a host names this machine or a private network: ``localhost`` or a non-global IP literal."""
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local or address.is_reserved \
+        or address.is_unspecified or address.is_multicast
+
+
 def _head_refused(status: int) -> bool:
     """A HEAD answer that may only mean "not for HEAD": ask again with GET (doi.org, publishers)."""
     return status == 501 or (400 <= status < 500 and status not in (408, 429))
+
+
+def _cached_result(url: str, record: dict | None) -> LinkResult | None:
+    """The result a cache record holds, or None when there is none or it is malformed."""
+    if record is None or record.get("status") not in ("ok", "redirected"):
+        return None
+    code, final, suggested = record.get("http_status"), record.get("final_url"), record.get("suggested_url")
+    if not (isinstance(code, int) and isinstance(final, (str, type(None))) and isinstance(suggested, (str, type(None)))):
+        return None
+    return LinkResult(url, record["status"], code, final, suggested, "cached", cached=True)
 
 
 class LinkChecker:
@@ -111,17 +135,9 @@ class LinkChecker:
     # -- one URL ---------------------------------------------------------------------------------
     def check_one(self, url: str, throttle: Throttle, deadline: Deadline) -> LinkResult:
         if self.cache is not None:
-            record = self.cache.get(url)
-            if record is not None and record.get("status") in ("ok", "redirected"):
-                return LinkResult(
-                    url=url,
-                    status=record["status"],
-                    http_status=record.get("http_status"),
-                    final_url=record.get("final_url"),
-                    suggested_url=record.get("suggested_url"),
-                    message="cached",
-                    cached=True,
-                )
+            record = _cached_result(url, self.cache.get(url))
+            if record is not None:
+                return record
         result = self._check_uncached(url, throttle, deadline)
         if self.cache is not None and result.status in ("ok", "redirected"):
             fields = ("status", "http_status", "final_url", "suggested_url")
@@ -151,6 +167,10 @@ class LinkChecker:
             if code in REDIRECTS and location:
                 target = urljoin(current, location)
                 hops.append(f"{code} {target}")
+                if is_internal_host(hostname(target)) and not is_internal_host(hostname(url)):
+                    return LinkResult(url, "unknown", code, target, None,
+                                      "redirects to a loopback, private or reserved address; not followed: "
+                                      + " -> ".join(hops), attempts)
                 if code in PERMANENT and permanent_chain:
                     suggested = target
                 else:
@@ -245,7 +265,7 @@ def collect(papers) -> dict[str, list[str]]:
     return {url: sorted(files) for url, files in cited.items()}
 
 
-def _select_papers(catalog, files: list[str], root: Path) -> tuple[list, list[str]]:
+def select_papers(catalog, files: list[str], root: Path) -> tuple[list, list[str]]:
     """The papers whose files are in ``files`` (paths relative to the root or the current directory)."""
     wanted: dict[Path, str] = {}
     for name in files:
@@ -288,91 +308,4 @@ def summary_table(results: list[LinkResult]) -> str:
 def write_report(path: str | Path, results: list[LinkResult]) -> None:
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     data = {"summary": counts, "results": [asdict(r) for r in sorted(results, key=lambda r: r.url)]}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-class _Progress:
-    """A one-line counter on stderr, only when stderr is a terminal."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self.last > 0.1:
-            self.last = now
-            end = "\n" if done == total else ""
-            self.stream.write(f"\rchecked {done}/{total} URLs{end}")
-            self.stream.flush()
-
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", metavar="PAPER_FILE", help="check only these paper files (default: all)")
-    parser.add_argument("--url", action="append", default=[], metavar="URL", help="check this URL (repeatable)")
-    parser.add_argument("--json", metavar="REPORT", help="write a JSON report (one record per URL)")
-    parser.add_argument("--cache", metavar="FILE", help=f"result cache (default: {DEFAULT_CACHE} under --root)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--ttl", type=float, default=86400.0, metavar="SECONDS",
-                        help="how long a successful result stays cached (default: 1 day)")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default: 10)")
-    parser.add_argument("--deadline", type=float, default=600.0, metavar="SECONDS",
-                        help="overall time limit; unfinished URLs are reported unknown (default: 600)")
-    parser.add_argument("--retries", type=int, default=3, help="retries per request (default: 3)")
-    parser.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
-                        help="first retry delay, doubled each retry (default: 1)")
-    parser.add_argument("--max-retry-after", type=float, default=60.0, metavar="SECONDS",
-                        help="cap on a server's Retry-After (default: 60)")
-    parser.add_argument("--workers", type=int, default=16, help="concurrent requests in all (default: 16)")
-    parser.add_argument("--host-concurrency", type=int, default=4, help="concurrent requests per host (default: 4)")
-
-
-def run(args: argparse.Namespace) -> int:
-    root = Path(getattr(args, "root", None) or ".")
-    urls: dict[str, list[str]] = {}
-    catalog = None
-    if args.files or not args.url:
-        from catalog.loader import load_catalog
-
-        catalog, problems = load_catalog(root)
-        if problems:
-            print(f"links: {len(problems)} problem(s) in papers/ (run `catalog check`); "
-                  "checking the papers that loaded", file=sys.stderr)
-        papers = list(catalog.papers)
-        if args.files:
-            papers, missing = _select_papers(catalog, args.files, root)
-            for name in missing:
-                print(f"links: {name}: not a loaded paper file; skipped", file=sys.stderr)
-        urls.update(collect(papers))
-    if args.url:
-        cited = {}
-        if catalog is None:
-            try:
-                from catalog.loader import load_catalog
-
-                catalog, _ = load_catalog(root)
-            except Exception:  # --url works without (valid) data
-                catalog = None
-        if catalog is not None:
-            cited = collect(catalog.papers)
-        for url in args.url:
-            urls.setdefault(url, cited.get(url, []))
-    cache = None
-    if not args.no_cache:
-        cache = JsonCache(Path(args.cache) if args.cache else root / DEFAULT_CACHE, ttl=args.ttl)
-    policy = Policy(timeout=args.timeout, retries=args.retries, backoff=args.backoff,
-                    max_retry_after=args.max_retry_after, host_concurrency=args.host_concurrency)
-    checker = LinkChecker(policy, workers=args.workers, deadline=args.deadline, cache=cache,
-                          progress=_Progress(sys.stderr) if sys.stderr.isatty() else None)
-    results = checker.check(urls)
-    for r in results:
-        r.papers = urls.get(r.url, [])
-    sys.stdout.write(summary_table(results))
-    if args.json:
-        write_report(args.json, results)
-    return 1 if any(r.status == "broken" for r in results) else 0
+    write_file(Path(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -3,9 +3,12 @@
 Files are parsed with PyYAML's safe loader (libyaml's ``CSafeLoader`` when present) into node
 trees, so every problem can name the line it is on; values are built from the nodes here (plain
 strings, numbers, booleans, lists and mappings only: no tags, no merge keys, no duplicate keys).
-Each document is then checked against the published JSON Schema (``catalog/schema/*.json``):
-``fastjsonschema`` accepts valid files quickly, and only a file it rejects goes through
+Each document is then checked against the published JSON Schema (``catalog/schema/*.json``) with
 ``jsonschema``, whose errors are turned into ``path:line: field: message`` problems.
+
+Hostile files cannot hurt: only regular files are opened, at most :data:`MAX_FILE_BYTES` of them
+are read, and text nested deeper than :data:`MAX_NESTING` is refused before the parser sees it
+(libyaml's composer recurses on the C stack).
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import functools
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import yaml
 
-from catalog.model import Catalog, CodeLink, Implementation, Link, Paper, Section
+from catalog.model import CodeLink, Implementation, Link, Paper, Section
+from catalog.text import url_host
 
 PAPERS_DIR = "papers"
 SECTIONS_FILE = "_sections.yaml"
@@ -37,6 +43,8 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
 _MAX_VALUES = 20_000  # values built per document; stops alias bombs
 _MAX_DEPTH = 32
+MAX_NESTING = 64  # flow brackets or block levels; checked on the text, before parsing
+MAX_FILE_BYTES = 1_000_000  # a paper file is a few hundred bytes
 
 
 @dataclass(frozen=True, order=True)
@@ -67,16 +75,10 @@ class Document:
     data: object = None
     node: yaml.Node | None = None
     problems: list[Problem] = field(default_factory=list)
-    lines: dict[tuple, int] | None = None  # from the fast parser: position -> line
     link_keys: list[str] | None = None  # set by validate.paper_problems for duplicate_problems
 
     def line(self, where: tuple = ()) -> int:
         """1-based line of the value at ``where`` (keys and indices), or of its deepest existing parent."""
-        if self.lines is not None:
-            for end in range(len(where), -1, -1):
-                if where[:end] in self.lines:
-                    return self.lines[where[:end]]
-            return 1
         node = self.node
         if node is None:
             return 1
@@ -108,169 +110,42 @@ def field_name(where: tuple) -> str:
     return text or FILE_FIELD
 
 
-# --------------------------------------------------------------------------- YAML, fast path
+# --------------------------------------------------------------------------- YAML
 
-# The files the writer emits use a small part of YAML: "key: value" lines, "key:" followed by an
-# indented block list ("- value", or "- key: value" with "key: value" continuation lines) or block
-# mapping, full-line comments, single-line plain or quoted scalars. Reading that subset line by
-# line is several times faster than libyaml's node tree, which matters for big catalogs. Anything
-# outside it (flow style, block scalars, anchors, tags, trailing comments, escapes, tabs,
-# continuation lines, duplicate keys...) makes fast_parse return None and the file goes through
-# libyaml, so the result is always what a YAML 1.1 safe loader gives.
-
-_FAST_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?:$| (.*)$)")
-# One line of the subset: indentation, an optional "- ", then "key:" / "key: value", or anything
-# else (a scalar item, a comment, nothing). findall() gives one tuple per line of the text.
-_FAST_LINE = re.compile(r"^( *)(- )?(?:([A-Za-z_][A-Za-z0-9_-]*):(?: (.*))?$|(.*)$)", re.MULTILINE)
-# A significant line (not blank, not a comment) that ends with a space.
-_TRAILING_SPACE = re.compile(r"^ *[^ #\n].* $", re.MULTILINE)
-_PLAIN_FIRST_BAD = frozenset("-?:,[]{}#&*!|>'\"%@` ")
-_SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
-_DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
-_FAIL = object()
-_resolver = yaml.resolver.Resolver()
-_safe_constructor = yaml.constructor.SafeConstructor()
-_IMPLICIT_FIRST = frozenset(key for key in yaml.resolver.Resolver.yaml_implicit_resolvers if key)
-_implicit: dict[str, object] = {}  # short plain scalars that may have an implicit type -> their value
+_LEADING_DASHES = re.compile(r"(?:-[ \t]+)+")
 
 
-def _implicit_value(raw: str):
-    """A plain scalar whose first character starts some implicit type (int, bool, null, date...)."""
-    value = _implicit.get(raw, _FAIL)
-    if value is not _FAIL:
-        return value
-    tag = _resolver.resolve(yaml.ScalarNode, raw, (True, False))
-    if tag == _STR_TAG:
-        value = raw
-    else:
-        try:
-            construct = yaml.constructor.SafeConstructor.yaml_constructors[tag]
-            value = construct(_safe_constructor, yaml.ScalarNode(tag, raw))
-        except Exception:
-            value = _FAIL
-    if len(raw) <= 40 and not isinstance(value, (list, dict)):  # years, booleans, short words repeat
-        _implicit[raw] = value
-    return value
+def nesting_problem(text: str) -> tuple[int, str] | None:
+    """``(line, message)`` when the text nests deeper than :data:`MAX_NESTING`, else None.
 
-
-def _fast_scalar(raw: str):
-    if not raw:
-        return _FAIL
-    first = raw[0]
-    if first == '"':
-        match = _DOUBLE_QUOTED.fullmatch(raw)
-        return match.group(1) if match else _FAIL
-    if first == "'":
-        match = _SINGLE_QUOTED.fullmatch(raw)
-        return match.group(1).replace("''", "'") if match else _FAIL
-    if first in _PLAIN_FIRST_BAD or ": " in raw or " #" in raw or raw[-1] in " :":
-        return _FAIL
-    if first not in _IMPLICIT_FIRST:  # no implicit type (int, bool, null, date...) starts this way
-        return raw
-    return _implicit_value(raw)
-
-
-_plain_keys: dict[str, bool] = {}
-
-
-def _is_plain_key(key: str) -> bool:
-    """Whether a key reads as a string in YAML 1.1 (``on``, ``no``, ``null``... do not)."""
-    known = _plain_keys.get(key)
-    if known is None:
-        known = _plain_keys[key] = _resolver.resolve(yaml.ScalarNode, key, (True, False)) == _STR_TAG
-    return known
-
-
-def fast_parse(text: str) -> tuple[dict, dict[tuple, int]] | None:
-    """``(data, lines)`` for a file in the writer's YAML subset, else None (use the full parser).
-
-    The subset: top-level ``key: scalar`` or ``key:`` followed by one indented block, either a
-    list (``- scalar`` items, or ``- key: scalar`` items continued by ``key: scalar`` lines two
-    columns deeper) or a mapping of ``key: scalar`` lines; blank lines and full-line comments.
+    A cheap scan that over-counts rather than under-counts: flow brackets (``[`` and ``{``, quotes
+    ignored) and block levels (indentation columns plus leading ``- `` markers).
     """
-    if "\t" in text or "\r" in text or "\ufeff" in text:
-        return None
-    if (" \n" in text or text.endswith(" ")) and _TRAILING_SPACE.search(text):
-        return None
-    data: dict = {}
-    lines: dict[tuple, int] = {}
-    plain = _plain_keys
-    first = 0
-    open_key = None  # the top-level key whose indented block is being read
-    block = None  # that block (a list or a dict), None until its first line
-    indent = ""  # the block's indentation
-    item = None  # the "- key: value" mapping that deeper lines continue (list blocks)
-    item_where: tuple = ()
-    number = 0
-    for lead, dash, key, value, other in _FAST_LINE.findall(text):
-        number += 1
-        if not key and not dash:
-            if not other or other[0] == "#":
-                continue  # blank line or comment
-            return None
-        if not lead:  # a top-level key
-            if dash or (open_key is not None and block is None) or key in data:
-                return None
-            if not (plain.get(key) or _is_plain_key(key)):
-                return None
-            if not first:
-                first = number
-            lines[(key,)] = number
-            block = item = None
-            if value:
-                open_key = None
-                value = _fast_scalar(value)
-                if value is _FAIL:
-                    return None
-                data[key] = value
-            else:
-                open_key = key
+    flow = 0
+    columns: list[int] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        content = line.lstrip(" ")
+        if content and not content.startswith("#"):
+            column = len(line) - len(content)
+            while columns and columns[-1] >= column:
+                columns.pop()
+            columns.append(column)
+            dashes = _LEADING_DASHES.match(content)
+            block = len(columns) + (dashes.group(0).count("-") if dashes else 0)
+            if block > MAX_NESTING:
+                return number, f"nested more than {MAX_NESTING} levels deep; a data file needs a few"
+        if not flow and "[" not in line and "{" not in line:
             continue
-        if open_key is None:
-            return None
-        if block is None:
-            indent = lead
-            block = data[open_key] = [] if dash else {}
-        if dash:
-            if lead != indent or type(block) is not list:
-                return None
-            here = (open_key, len(block))
-            lines[here] = number
-            if key:
-                value = _fast_scalar(value)
-                if value is _FAIL or not (plain.get(key) or _is_plain_key(key)):
-                    return None
-                item = {key: value}
-                item_where = here
-                lines[here + (key,)] = number
-                block.append(item)
-            else:
-                item = None
-                value = _fast_scalar(other)
-                if value is _FAIL:
-                    return None
-                block.append(value)
-            continue
-        value = _fast_scalar(value)
-        if value is _FAIL or not (plain.get(key) or _is_plain_key(key)):
-            return None
-        if type(block) is list:
-            if item is None or len(lead) != len(indent) + 2 or key in item:
-                return None
-            item[key] = value
-            lines[item_where + (key,)] = number
-        else:
-            if lead != indent or key in block:
-                return None
-            block[key] = value
-            lines[(open_key, key)] = number
-    if not first or (open_key is not None and block is None):
-        return None
-    lines[()] = first
-    return data, lines
+        for char in line:
+            if char in "[{":
+                flow += 1
+                if flow > MAX_NESTING:
+                    return number, f"brackets nested more than {MAX_NESTING} levels deep; a data file needs a few"
+            elif char in "]}" and flow:
+                flow -= 1
+    return None
 
 
-# --------------------------------------------------------------------------- YAML, full parser
 
 
 class _Builder:
@@ -325,13 +200,16 @@ def parse_text(path: str, raw: bytes) -> Document:
     if text.startswith("\ufeff"):
         doc.problems.append(Problem(path, 1, FILE_FIELD, "starts with a byte-order mark; save as UTF-8 without BOM"))
         return doc
-    fast = fast_parse(text)
-    if fast is not None:
-        doc.data, doc.lines = fast
+    too_deep = nesting_problem(text)
+    if too_deep is not None:
+        doc.problems.append(Problem(path, too_deep[0], "yaml", too_deep[1]))
         return doc
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
+    except RecursionError:  # the scan above should make this unreachable
+        doc.problems.append(Problem(path, 1, "yaml", "nested too deeply to parse"))
+        return doc
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -356,6 +234,9 @@ def parse_text(path: str, raw: bytes) -> Document:
     except _Invalid as error:
         doc.data = None
         doc.problems.append(Problem(path, error.node.start_mark.line + 1, "yaml", error.message))
+    except RecursionError:
+        doc.data = None
+        doc.problems.append(Problem(path, node.start_mark.line + 1, "yaml", "nested too deeply to read"))
     except Exception as error:  # e.g. a malformed timestamp: bad data must never raise
         doc.data = None
         doc.problems.append(Problem(path, node.start_mark.line + 1, "yaml", f"invalid value: {_one_line(error)}"))
@@ -366,13 +247,41 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class UnreadableFile(OSError):
+    """A data file that is not a regular file, or is too large to be one."""
+
+
+def read_regular_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; raises :class:`OSError` otherwise.
+
+    The file is opened without blocking and checked before reading, so a FIFO or a device
+    (``/dev/zero``) behind a name or a symlink is refused instead of hanging or filling memory.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UnreadableFile("is a folder, expected a file")
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile("is not a regular file (a FIFO, socket or device?)")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UnreadableFile(f"is larger than {limit:,} bytes")
+    return data
+
+
+def read_problem(rel: str, error: OSError) -> Problem:
+    """The problem that ``rel`` cannot be read, in one line."""
+    reason = str(error) if isinstance(error, UnreadableFile) else (error.strerror or str(error))
+    return Problem(rel, 1, FILE_FIELD, f"cannot read: {reason}")
+
+
 def read_bytes(root: Path, rel: str) -> bytes | Document:
     """A file's bytes, or a document holding the problem that it cannot be read."""
     try:
-        with open(os.path.join(root, rel), "rb") as handle:
-            return handle.read()
+        return read_regular_file(os.path.join(root, rel))
     except OSError as error:
-        return Document(rel, problems=[Problem(rel, 1, FILE_FIELD, f"cannot read: {error.strerror or error}")])
+        return Document(rel, problems=[read_problem(rel, error)])
 
 
 def read_document(root: Path, rel: str) -> Document:
@@ -390,19 +299,8 @@ def schema(name: str) -> dict:
 
 
 @functools.cache
-def _fast_validator(name: str):
-    """A compiled validator for the fast path, or ``None`` where fastjsonschema is not installed."""
-    try:
-        import fastjsonschema
-    except ImportError:  # only a speed-up: jsonschema alone gives the same verdicts
-        return None
-    return fastjsonschema.compile(schema(name))
-
-
-@functools.cache
-def _full_validator(name: str):
-    import jsonschema
-
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    """The validator of a published schema (built once: the schema files are part of the package)."""
     return jsonschema.Draft202012Validator(schema(name))
 
 
@@ -460,18 +358,9 @@ def _url_message(url: str) -> str:
 
 def schema_problems(doc: Document, name: str) -> list[Problem]:
     """Every JSON Schema violation of ``doc.data``, one problem each, with its line."""
-    fast = _fast_validator(name)
-    if fast is not None:
-        try:
-            fast(doc.data)
-            return []
-        except Exception:  # fastjsonschema's exception, or anything it chokes on: let jsonschema explain
-            pass
     problems = []
-    for error in _full_validator(name).iter_errors(doc.data):
+    for error in validator(name).iter_errors(doc.data):
         problems.extend(_explain(doc, error))
-    if not problems and fast is not None:  # the validators disagree: should not happen, but never pass silently
-        problems.append(doc.problem((), f"does not match {name}.schema.json"))
     return problems
 
 
@@ -531,12 +420,9 @@ def link_kinds() -> dict:
     return yaml.load((DATA_DIR / "link-kinds.yaml").read_text(encoding="utf-8"), Loader=_Loader)
 
 
-_SIMPLE_HOST = re.compile(r"https://([A-Za-z0-9.-]+)(?:[/?#]|\Z)")
-
-
 def code_label(url: str) -> str:
-    match = _SIMPLE_HOST.match(url)  # what urlsplit gives for plain URLs, without its cost
-    host = match.group(1).lower() if match else (urlsplit(url).hostname or "").lower()
+    """The README label of a code URL: the host's label in ``link-kinds.yaml``, else the host."""
+    host = url_host(url)
     return link_kinds()["code"].get(host, host)
 
 
@@ -585,19 +471,11 @@ def build_sections(nodes: list, level: int = 2) -> tuple[Section, ...]:
 
 
 def paper_files(root: Path) -> list[str]:
-    """Repository-relative paths of every file in ``papers/`` except the section tree, sorted."""
-    try:
-        with os.scandir(os.path.join(root, PAPERS_DIR)) as entries:
-            names = [entry.name for entry in entries if entry.is_file() and not entry.name.startswith(".")]
-    except OSError:
-        return []
+    """Repository-relative paths of every entry of ``papers/`` except the section tree and hidden files, sorted.
+
+    Every entry is listed, whatever it is (a folder, a dangling or looping symlink), so that reading
+    it reports the problem; raises :class:`OSError` when the folder itself cannot be listed.
+    """
+    with os.scandir(os.path.join(root, PAPERS_DIR)) as entries:
+        names = [entry.name for entry in entries if not entry.name.startswith(".")]
     return sorted(f"{PAPERS_DIR}/{name}" for name in names if name != SECTIONS_FILE)
-
-
-def load_catalog(root: str | Path) -> tuple[Catalog, list[Problem]]:
-    """Load and validate everything; the catalog holds the papers that loaded, problems are sorted."""
-    from catalog import validate
-
-    root = Path(root)
-    result = validate.validate_root(root)
-    return result.catalog, result.problems

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from catalog.atomic import write_files
+
 PAPER_SCHEMA_COMMENT = "# yaml-language-server: $schema=../catalog/schema/paper.schema.json"
 SECTIONS_SCHEMA_COMMENT = "# yaml-language-server: $schema=../catalog/schema/sections.schema.json"
 
@@ -130,6 +132,4 @@ def sections_to_yaml(nodes: list[dict]) -> str:
 
 def write_paper(path: str | Path, data: dict) -> None:
     """Write one paper file atomically (temp file in the same folder, then ``os.replace``)."""
-    from catalog.atomic import write_files  # lazy: keeps the writer importable on its own
-
     write_files({Path(path): paper_to_yaml(data)})

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 import yaml
 
-from catalog.arxiv import (
-    ENV_API,
-    TODO_SECTION,
-    ArxivError,
-    add_new_arguments,
-    add_verify_arguments,
-    github_link,
-    names_match,
-    parse_feed,
-    parse_ref,
-    run_new,
-    run_verify,
-    title_key,
-)
+from catalog.arxiv import ENV_API, TODO_SECTION, ArxivError, github_link, names_match, parse_feed, parse_ref
+from catalog.commands import _common
+from catalog.commands import new as new_command
+from catalog.commands import verify as verify_command
 from catalog.model import Catalog, Link, Paper
+from catalog.text import title_key
+from catalog.validate import Result, load_catalog
 from catalog.writer import paper_to_yaml
 from tests.catalog.httpserver import Reply, ScriptedServer
 
@@ -62,15 +53,20 @@ def api(monkeypatch):
 def new_args(root, *argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=".")
-    add_new_arguments(parser)
+    new_command.add_arguments(parser)
     return parser.parse_args(["--root", str(root), *argv, "--timeout", "2"])
 
 
 def verify_args(root, *argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=".")
-    add_verify_arguments(parser)
+    verify_command.add_arguments(parser)
     return parser.parse_args(["--root", str(root), "--pause", "0", "--timeout", "2", *argv])
+
+
+def use_catalog(monkeypatch, catalog: Catalog) -> None:
+    """Commands that read the catalog get ``catalog`` (papers built by hand) instead of loading papers/."""
+    monkeypatch.setattr(_common, "validate_root", lambda root: Result(catalog, []))
 
 
 def write_paper_file(root: Path, pid: str, **data) -> Path:
@@ -168,7 +164,7 @@ def test_title_key():
 
 def test_new_writes_stub_from_recorded_feed(api, tmp_path, capsys):
     api.route("/api/query", Reply(200, {"Content-Type": "application/atom+xml"}, REAL_FEED))
-    assert run_new(new_args(tmp_path, "arxiv:1111.2011")) == 0
+    assert new_command.run(new_args(tmp_path, "arxiv:1111.2011")) == 0
     (request,) = api.requests_to("/api/query")
     assert parse_qs(request.query)["id_list"] == ["1111.2011"]
     path = tmp_path / "papers" / "murray2011.yaml"
@@ -192,7 +188,7 @@ def test_new_writes_stub_from_recorded_feed(api, tmp_path, capsys):
 
 def test_new_from_pdf_url_with_version_finds_code_and_venue(api, tmp_path):
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_new(new_args(tmp_path, "https://arxiv.org/pdf/2205.01529v2", "--id", "mgd")) == 0
+    assert new_command.run(new_args(tmp_path, "https://arxiv.org/pdf/2205.01529v2", "--id", "mgd")) == 0
     data = yaml.safe_load((tmp_path / "papers" / "mgd.yaml").read_text(encoding="utf-8"))
     assert data["title"] == "Masked Generative Distillation"
     assert data["authors"] == MGD_AUTHORS
@@ -206,7 +202,7 @@ def test_new_refuses_same_arxiv_id_without_asking_arxiv(api, tmp_path, capsys):
     write_paper_file(tmp_path, "fgd", title="Focal and Global Knowledge Distillation for Detectors",
                      authors=["Zhendong Yang"], venue="CVPR", year=2022, arxiv="2111.11837", sections=["general"],
                      description="D.", links=[{"kind": "arxiv", "url": "https://arxiv.org/abs/2111.11837"}])
-    assert run_new(new_args(tmp_path, "arXiv:2111.11837v1")) == 1
+    assert new_command.run(new_args(tmp_path, "arXiv:2111.11837v1")) == 1
     assert "papers/fgd.yaml already has arXiv 2111.11837" in capsys.readouterr().err
     assert api.requests_to("/api/query") == []
     assert sorted(p.name for p in (tmp_path / "papers").iterdir()) == ["fgd.yaml"]
@@ -217,33 +213,32 @@ def test_new_refuses_same_normalised_title(api, tmp_path, capsys):
     write_paper_file(tmp_path, "mgd-eccv", title="Masked generative  distillation.", authors=["Zhendong Yang"],
                      venue="ECCV", year=2022, sections=["general"], description="D.",
                      links=[{"kind": "ecva", "url": "https://www.ecva.net/x"}])
-    assert run_new(new_args(tmp_path, "2205.01529")) == 1
+    assert new_command.run(new_args(tmp_path, "2205.01529")) == 1
     assert "papers/mgd-eccv.yaml already has the title" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "papers").iterdir()) == ["mgd-eccv.yaml"]
 
 
 def test_new_reports_api_errors(api, tmp_path, capsys):
     api.route("/api/query", Reply(200, body=ERROR_FEED))
-    assert run_new(new_args(tmp_path, "2205.01529")) == 2
+    assert new_command.run(new_args(tmp_path, "2205.01529")) == 2
     assert "incorrect id format" in capsys.readouterr().err
     api.route("/api/query", Reply(200, body=REAL_FEED))  # a feed without the asked id
-    assert run_new(new_args(tmp_path, "2205.01529")) == 1
+    assert new_command.run(new_args(tmp_path, "2205.01529")) == 1
     assert "arXiv has no paper 2205.01529" in capsys.readouterr().err
 
 
 def test_new_stub_is_rejected_by_check_until_completed(api, tmp_path):
-    loader = pytest.importorskip("catalog.loader")  # catalog-core's; runs once it exists
     repo = Path(__file__).resolve().parents[2]
     api.route("/api/query", Reply(200, body=KD_FEED))
     (tmp_path / "papers").mkdir()
     (tmp_path / "papers" / "_sections.yaml").write_text((repo / "papers" / "_sections.yaml").read_text())
-    assert run_new(new_args(tmp_path, "2205.01529", "--id", "mgd")) == 0
-    _catalog, problems = loader.load_catalog(tmp_path)
+    assert new_command.run(new_args(tmp_path, "2205.01529", "--id", "mgd")) == 0
+    _catalog, problems = load_catalog(tmp_path)
     assert any(str(p).startswith("papers/mgd.yaml:") and "sections" in str(p) for p in problems), problems
     # With a real section, the TODO description is still refused.
     path = tmp_path / "papers" / "mgd.yaml"
     path.write_text(path.read_text().replace(TODO_SECTION, "general"))
-    _catalog, problems = loader.load_catalog(tmp_path)
+    _catalog, problems = load_catalog(tmp_path)
     assert problems and all("description" in str(p) for p in problems), problems
 
 
@@ -273,15 +268,13 @@ def kd_root(tmp_path, monkeypatch):
     write_paper_file(tmp_path, "unikd", title="UniKD", authors=["Shanshan Lao"],
                      links=[{"kind": "cvf", "url": "https://openaccess.thecvf.com/x"}], **common)
     catalog = Catalog(papers=tuple(_paper_from_file(tmp_path, p) for p in ("mgd", "fgd", "unikd")), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    use_catalog(monkeypatch, catalog)
     return tmp_path
 
 
 def test_verify_reports_author_mismatch_with_line(api, kd_root, capsys):
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_verify(verify_args(kd_root)) == 1
+    assert verify_command.run(verify_args(kd_root)) == 1
     out = capsys.readouterr().out.strip().splitlines()
     authors_line = paper_to_yaml({"title": "x", "authors": ["a"]}).splitlines().index("authors:") + 1
     assert out == [f"papers/fgd.yaml:{authors_line}: authors: 3 authors here, 7 on arXiv 2111.11837; missing "
@@ -297,11 +290,9 @@ def test_verify_reports_title_and_single_author(api, tmp_path, monkeypatch, caps
                             venue="ECCV", year=2022, arxiv="2205.01529", sections=["general"], description="D.",
                             links=[{"kind": "arxiv", "url": "https://arxiv.org/abs/2205.01529"}])
     catalog = Catalog(papers=(_paper_from_file(tmp_path, "crosskd"),), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    use_catalog(monkeypatch, catalog)
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_verify(verify_args(tmp_path, "--no-cache")) == 1
+    assert verify_command.run(verify_args(tmp_path, "--no-cache")) == 1
     lines = path.read_text().splitlines()
     out = capsys.readouterr().out.strip().splitlines()
     title_line = next(i for i, line in enumerate(lines, 1) if line.startswith("title:"))
@@ -314,12 +305,12 @@ def test_verify_reports_title_and_single_author(api, tmp_path, monkeypatch, caps
 
 def test_verify_batches_and_caches(api, kd_root, capsys):
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_verify(verify_args(kd_root, "--batch", "1")) == 1
+    assert verify_command.run(verify_args(kd_root, "--batch", "1")) == 1
     assert [parse_qs(r.query)["id_list"] for r in api.requests_to("/api/query")] == [["2111.11837"], ["2205.01529"]]
     assert (kd_root / ".cache" / "catalog-arxiv.json").is_file()
     first = capsys.readouterr().out
     # Cached: no request at all, same report.
-    assert run_verify(verify_args(kd_root)) == 1
+    assert verify_command.run(verify_args(kd_root)) == 1
     assert len(api.requests_to("/api/query")) == 2
     assert capsys.readouterr().out == first
 
@@ -329,25 +320,21 @@ def test_verify_clean_catalog_exits_0(api, tmp_path, monkeypatch):
                      year=2022, arxiv="2205.01529", sections=["general"], description="D.",
                      links=[{"kind": "arxiv", "url": "https://arxiv.org/abs/2205.01529"}])
     catalog = Catalog(papers=(_paper_from_file(tmp_path, "mgd"),), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    use_catalog(monkeypatch, catalog)
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_verify(verify_args(tmp_path, "--no-cache")) == 0
+    assert verify_command.run(verify_args(tmp_path, "--no-cache")) == 0
 
 
 def test_verify_unknown_id_and_unreachable_api(api, tmp_path, monkeypatch, capsys):
     write_paper_file(tmp_path, "x", title="X", authors=["A B"], venue="arXiv", year=2020, arxiv="2001.00001",
                      sections=["general"], description="D.", links=[{"kind": "arxiv", "url": "https://arxiv.org/abs/2001.00001"}])
     catalog = Catalog(papers=(_paper_from_file(tmp_path, "x"),), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    use_catalog(monkeypatch, catalog)
     api.route("/api/query", Reply(200, body=KD_FEED))
-    assert run_verify(verify_args(tmp_path, "--no-cache")) == 1
+    assert verify_command.run(verify_args(tmp_path, "--no-cache")) == 1
     assert "papers/x.yaml:" in capsys.readouterr().out
     api.route("/api/query", Reply(404))
-    assert run_verify(verify_args(tmp_path, "--no-cache")) == 2
+    assert verify_command.run(verify_args(tmp_path, "--no-cache")) == 2
     assert "HTTP 404" in capsys.readouterr().err
 
 

@@ -1,25 +1,30 @@
-"""The benchmark's synthetic catalog is valid and builds (a small one: the full run is `python -m catalog.bench`)."""
+"""The benchmark script runs (on a tiny catalog: it is a smoke test, nothing is timed here)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-from catalog import bench
+from catalog.validate import validate_root
 
 REPO = Path(__file__).parents[2]
 
 
-def test_bench_runs_on_a_small_catalog(capsys):
-    assert bench.main(["--papers", "300", "--root", str(REPO)]) == 0
+def load_bench():
+    spec = importlib.util.spec_from_file_location("catalog_bench", REPO / "benchmarks" / "catalog_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_on_a_tiny_synthetic_catalog(capsys):
+    assert load_bench().main(["--papers", "30", "--root", str(REPO), "--skip-real", "--in-process"]) == 0
     out = capsys.readouterr().out
-    assert "check + build, one process:" in out and "check + build, two processes:" in out
-    assert "python -m catalog check:" in out and "for 300 papers" in out and "s CPU" in out
+    assert "30 synthetic papers: check + build:" in out and "s CPU" in out
 
 
 def test_synthetic_papers_pass_check(tmp_path):
-    from catalog.validate import validate_root
-
-    bench.write_synthetic(tmp_path / "repo", 120, REPO)
+    load_bench().write_synthetic(tmp_path / "repo", 120, REPO)
     result = validate_root(tmp_path / "repo")
     assert result.problems == []
     assert len(result.catalog.papers) == 120

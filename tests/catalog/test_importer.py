@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catalog import importer
+from catalog.commands import import_markdown as import_command
 from catalog.importer import ImportFailed, import_markdown, slugify
 from catalog.writer import paper_to_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "import"
 SEED = FIXTURES / "seed-README.md"
-REPO = Path(__file__).resolve().parents[2]
-SECTIONS = FIXTURES / "sections.yaml"  # a copy of papers/_sections.yaml as catalog-format.md defines it
-PAPERS = REPO / "papers"
+SECTIONS = FIXTURES / "sections.yaml"  # the section tree the seed was imported into
 
 # Every paper and code URL of the seed, after http -> https, arXiv version removal and IEEE trailing-slash
 # removal; listed by hand from the seed file (the badges and the table of contents are not entries).
@@ -255,17 +253,6 @@ def test_seed_without_a_sections_file_derives_the_tree():
     assert any("Newly Published Papers" in w for w in result.warnings)
 
 
-def test_catalog_data_keeps_every_seed_paper(seed):
-    """papers/ is the seed import plus corrections: every seed paper is still there, under the same id."""
-    data = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in PAPERS.glob("*.yaml") if p.stem != "_sections"}
-    renamed = {"li2022": "rm-pfi", "rijk2022": "structural-kd", "li": "kd-survey", "llod": "mtpd"}
-    for pid, seed_paper in seed.papers.items():
-        kept = data[renamed.get(pid, pid)]
-        assert kept["sections"] == seed_paper["sections"], pid
-        assert kept.get("arxiv") == seed_paper.get("arxiv"), pid
-    assert set(data) - {renamed.get(pid, pid) for pid in seed.papers} == {"mgd"}
-
-
 # --- synthetic lists -----------------------------------------------------------------------
 
 ENTRY = """\
@@ -402,7 +389,7 @@ def test_header_that_is_not_a_header_is_reported():
 
 def _args(tmp_path, file, **kw):
     parser = argparse.ArgumentParser()
-    importer.add_arguments(parser)
+    import_command.add_arguments(parser)
     argv = [str(file)]
     for key, value in kw.items():
         flag = "--" + key.replace("_", "-")
@@ -415,20 +402,20 @@ def _args(tmp_path, file, **kw):
 def test_command_writes_one_file_per_paper(tmp_path, capsys):
     (tmp_path / "papers").mkdir()
     (tmp_path / "papers" / "_sections.yaml").write_text(SECTIONS.read_text(encoding="utf-8"), encoding="utf-8")
-    assert importer.run(_args(tmp_path, SEED, sections="papers/_sections.yaml")) == 0
+    assert import_command.run(_args(tmp_path, SEED, sections="papers/_sections.yaml")) == 0
     written = sorted(p.name for p in (tmp_path / "papers").glob("*.yaml"))
     assert len(written) == 39 and "head.yaml" in written and "_sections.yaml" in written
     head = yaml.safe_load((tmp_path / "papers" / "head.yaml").read_text(encoding="utf-8"))
     assert head["sections"] == ["heterogeneous", "teacher-free"]
     assert "38 papers" in capsys.readouterr().out
     # a second run refuses to overwrite, unless told to
-    assert importer.run(_args(tmp_path, SEED, sections="papers/_sections.yaml")) == 1
+    assert import_command.run(_args(tmp_path, SEED, sections="papers/_sections.yaml")) == 1
     assert "already exists" in capsys.readouterr().err
-    assert importer.run(_args(tmp_path, SEED, sections="papers/_sections.yaml", force=True)) == 0
+    assert import_command.run(_args(tmp_path, SEED, sections="papers/_sections.yaml", force=True)) == 0
 
 
 def test_command_dry_run_writes_nothing(tmp_path, capsys):
-    assert importer.run(_args(tmp_path, SEED, out="out", dry_run=True)) == 0
+    assert import_command.run(_args(tmp_path, SEED, out="out", dry_run=True)) == 0
     assert not (tmp_path / "out").exists()
     assert "would write" in capsys.readouterr().out
 
@@ -436,7 +423,7 @@ def test_command_dry_run_writes_nothing(tmp_path, capsys):
 def test_command_reports_problems_and_writes_nothing(tmp_path, capsys):
     src = tmp_path / "list.md"
     src.write_text("## S\n\n" + ENTRY + "\n" + ENTRY.replace("- Zhendong", "- A third\n- Zhendong"), encoding="utf-8")
-    assert importer.run(_args(tmp_path, src, out="out")) == 1
+    assert import_command.run(_args(tmp_path, src, out="out")) == 1
     err = capsys.readouterr().err
     assert f"{src}:20: expected a two-item list" in err
     assert "Traceback" not in err and "nothing written" in err
@@ -444,5 +431,5 @@ def test_command_reports_problems_and_writes_nothing(tmp_path, capsys):
 
 
 def test_command_reports_an_unreadable_file(tmp_path, capsys):
-    assert importer.run(_args(tmp_path, tmp_path / "missing.md")) == 1
+    assert import_command.run(_args(tmp_path, tmp_path / "missing.md")) == 1
     assert "cannot read" in capsys.readouterr().err

@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import importlib.util
 import json
 import socket
 import sys
 import threading
 import time
-import types
+from pathlib import Path
 
 import pytest
 
+from catalog.commands import _common
+from catalog.commands import links as links_command
+from catalog.commands.links import add_arguments, run
 from catalog.http import Deadline, JsonCache, Policy, Throttle, error_kind, parse_retry_after
-from catalog.links import (
-    LinkChecker,
-    add_arguments,
-    collect,
-    is_blocking,
-    load_blocking_hosts,
-    run,
-    summary_table,
-)
+from catalog.links import LinkChecker, collect, is_blocking, load_blocking_hosts, summary_table
 from catalog.model import Catalog, CodeLink, Link, Paper
+from catalog.validate import Result
 from tests.catalog.httpserver import Reply, ScriptedServer
 
 BLOCKING = {"localhost": frozenset({401, 403, 418, 429})}
@@ -443,9 +440,7 @@ def test_cli_paper_files_json_report_and_exit_status(server, tmp_path, monkeypat
     server.route("/elsewhere", Reply(200))
     catalog = Catalog(papers=(_paper("good", server.url("/ok")), _paper("bad", server.url("/gone"), server.url("/ok")),
                               _paper("other", server.url("/elsewhere"))), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    monkeypatch.setattr(_common, "validate_root", lambda root: Result(catalog, []))
     (tmp_path / "papers").mkdir()
     for p in catalog.papers:
         (tmp_path / p.path).write_text("x")
@@ -479,9 +474,7 @@ def test_cli_all_papers_blocked_and_unknown_do_not_fail(server, tmp_path, monkey
     server.route("/teapot", Reply(418))
     server.route("/err", Reply(500))
     catalog = Catalog(papers=(_paper("a", server.url("/err")),), sections=())
-    fake = types.ModuleType("catalog.loader")
-    fake.load_catalog = lambda root: (catalog, [])
-    monkeypatch.setitem(sys.modules, "catalog.loader", fake)
+    monkeypatch.setattr(_common, "validate_root", lambda root: Result(catalog, []))
     report = tmp_path / "r.json"
     assert run(_parser().parse_args(["--root", str(tmp_path), "--json", str(report), *FAST_ARGS])) == 0
     assert json.loads(report.read_text())["results"][0]["status"] == "unknown"
@@ -500,23 +493,28 @@ def test_summary_table_lists_problems_first():
 def test_progress_display_only_on_a_terminal(server, tmp_path, monkeypatch, capsys):
     import io
 
-    from catalog import links as links_module
-
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     server.route("/ok", Reply(200))
     tty = Tty()
-    monkeypatch.setattr(links_module.sys, "stderr", tty)
+    monkeypatch.setattr(links_command.sys, "stderr", tty)
     args = ["--root", str(tmp_path), "--url", server.url("/ok"), "--no-cache", *FAST_ARGS]
     assert run(_parser().parse_args(args)) == 0
     assert "\rchecked 1/1 URLs\n" in tty.getvalue()
 
 
-def test_benchmark_runs_and_reports_speedup(capsys):
-    from catalog.bench_links import main
+def load_script(path: Path):
+    """A script outside the package (``benchmarks/``) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def test_benchmark_runs_and_reports_speedup(capsys):
+    main = load_script(Path(__file__).resolve().parents[2] / "benchmarks" / "links_bench.py").main
     code = main(["--urls", "64", "--latency", "0.02", "--hosts", "4", "--workers", "16",
                  "--serial-sample", "16", "--min-speedup", "3"])
     out = capsys.readouterr().out
@@ -526,7 +524,6 @@ def test_benchmark_runs_and_reports_speedup(capsys):
 
 def test_python_m_catalog_links_dispatches_here(server, tmp_path):
     import subprocess
-    from pathlib import Path
 
     server.route("/ok", Reply(200))
     server.route("/gone", Reply(404))

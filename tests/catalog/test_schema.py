@@ -1,4 +1,4 @@
-"""The published JSON Schemas, the link-kind data, and the fast YAML reader."""
+"""The published JSON Schemas, the link-kind data, and the YAML loader's values and line numbers."""
 
 from __future__ import annotations
 
@@ -65,60 +65,18 @@ notes:
 """
 
 
-def test_fast_reader_matches_the_safe_loader():
-    data, lines = loader.fast_parse(SUBSET)
-    assert data == yaml.safe_load(SUBSET)
-    assert lines[("links", 0, "url")] == 16
-    assert lines[("notes", "teacher-free")] == 18
+def test_loader_matches_the_safe_loader_and_knows_lines():
+    doc = loader.parse_text("papers/x.yaml", SUBSET.encode("utf-8"))
+    assert doc.problems == []
+    assert doc.data == yaml.safe_load(SUBSET)
+    assert doc.line(("links", 0, "url")) == 16
+    assert doc.line(("notes", "teacher-free")) == 18
+    assert doc.line(("authors", 1)) == 6
+    assert doc.line(("no-such-key",)) == 2  # the document's first line
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "title: a # comment\n",  # trailing comment
-        "title: >\n  folded\n",  # block scalar
-        "title: [a, b]\n",  # flow style
-        "title: &x a\nother: *x\n",  # anchors
-        "title: a\n  continued\n",  # plain continuation line
-        'title: "escaped \\" quote"\n',  # escapes
-        "title: a\ntitle: b\n",  # duplicate key
-        "authors:\n- a\n",  # sequence at the key's indentation
-        "title: 'a'b'\n",  # bad quoting
-        "title: a \n",  # trailing space
-        "---\ntitle: a\n",  # document marker
-        "on: yes\n",  # a key that YAML 1.1 reads as a boolean
-        "links:\n  - kind: cvf\n     url: x\n",  # continuation line at the wrong indentation
-        "authors:\n  - a\n    b: c\n",  # a deeper line after a scalar item
-        "notes:\n  a: b\n  - c\n",  # a list item inside a mapping
-        "authors:\n  - a\n -b\n",  # a shallower line inside a block
-        "authors:\n",  # a key with nothing under it (null)
-    ],
-)
-def test_fast_reader_hands_anything_else_to_libyaml(text):
-    assert loader.fast_parse(text) is None
-
-
-def test_real_papers_take_the_fast_path_and_match_the_safe_loader():
-    for path in sorted((REPO / "papers").glob("[!_]*.yaml")):
-        text = path.read_text(encoding="utf-8")
-        parsed = loader.fast_parse(text)
-        if parsed is not None:
-            assert parsed[0] == yaml.safe_load(text), path.name
-
-
-def test_fast_reader_skips_blank_lines_and_comments_inside_blocks():
-    text = "# top  \nauthors:\n\n  # a comment with a trailing space \n  - A\n   \n  - B\nlinks:\n  - kind: cvf\n" \
-        "    # comment\n    url: https://x.org/a\n"
-    data, lines = loader.fast_parse(text)
-    assert data == yaml.safe_load(text)
-    assert lines[()] == 2 and lines[("authors", 1)] == 7 and lines[("links", 0, "url")] == 11
-
-
-def test_validation_without_fastjsonschema_gives_the_same_verdicts(monkeypatch):
-    """fastjsonschema is only a fast path: without it, jsonschema alone accepts and rejects the same files."""
-    monkeypatch.setattr(loader, "_fast_validator", lambda name: None)
-    catalog, problems = loader.load_catalog(Path(__file__).resolve().parents[2])
-    assert not problems and len(catalog.papers) >= 39
-    doc = loader.Document(path="papers/x.yaml", data={"titel": "x"}, lines={(): 1})
+def test_schema_problems_name_the_field_and_line():
+    doc = loader.parse_text("papers/x.yaml", b"# comment\ntitel: x\n")
     messages = [str(p) for p in loader.schema_problems(doc, "paper")]
-    assert any("titel" in m for m in messages)
+    assert "papers/x.yaml:2: titel: unknown field; did you mean 'title'?" in messages
+    assert any(m.startswith("papers/x.yaml:2: authors: missing required field") for m in messages)

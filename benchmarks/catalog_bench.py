@@ -1,14 +1,13 @@
-"""``python -m catalog.bench``: time ``check`` and ``build`` on a large synthetic catalog.
+"""Time ``python -m catalog check`` and ``build`` on the real catalog and on a large synthetic one.
 
-Writes N synthetic papers (default 10,000) into a temporary repository (the real section tree,
-the real templates, a small fake ``kdimpl``), then runs ``build`` and ``check`` there in this
-process, exactly as the command line does, and prints the wall-clock and CPU time of each.
+``python benchmarks/catalog_bench.py [--papers 10000] [--root .]``
 
-``check`` right after ``build`` in one process reuses the results of files that did not change
-(see ``catalog.validate._reuse``), so the benchmark also runs ``python -m catalog build`` and
-``python -m catalog check`` as two separate processes (a contributor, then CI) and reports their
-CPU time (user + system, from the children's resource usage) and wall-clock time too.
-The machine's load average is printed: wall-clock times on a busy machine mean little.
+Runs ``build`` then ``check`` as two processes (a contributor, then CI) on a copy of the repository's
+data, then on N synthetic papers (default 10,000) in a temporary repository (the real section tree
+and templates, a small fake ``kdimpl``), and prints the wall-clock and CPU time of each (CPU time
+is user + system, from the children's resource usage). The machine's load average is printed:
+wall-clock times on a busy machine mean little. With ``--in-process`` the commands run in this
+process instead (no interpreter start-up, for profiling).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import argparse
 import contextlib
 import io
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from catalog import cli
-from catalog.validate import forget_earlier_results, section_ids
+from catalog.validate import section_ids
 
 _FAKE_KDIMPL = '''"""A stand-in for kdimpl (benchmark only)."""
 
@@ -43,8 +45,6 @@ class BenchLoss:
 
 def write_synthetic(root: Path, count: int, source: Path) -> None:
     """A repository under ``root`` with ``count`` valid, distinct papers."""
-    import yaml
-
     (root / "papers").mkdir(parents=True)
     shutil.copy(source / "papers" / "_sections.yaml", root / "papers" / "_sections.yaml")
     shutil.copytree(source / "templates", root / "templates")
@@ -100,8 +100,6 @@ def _timed(argv: list[str]) -> tuple[float, float, int, str]:
 
 def _timed_process(argv: list[str]) -> tuple[float, float, int, str]:
     """The same for ``python -m catalog ARGV`` in a child process (start-up and exit included)."""
-    import resource
-
     env = dict(os.environ)
     package_parent = str(Path(cli.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -114,42 +112,58 @@ def _timed_process(argv: list[str]) -> tuple[float, float, int, str]:
     return wall, cpu, done.returncode, (done.stdout + done.stderr)[-2000:]
 
 
+def copy_real(root: Path, source: Path) -> None:
+    """The repository's data, templates and kdimpl under ``root`` (so the benchmark never writes ``source``)."""
+    for name in ("papers", "templates", "kdimpl"):
+        shutil.copytree(source / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("README.md", "papers.bib"):
+        if (source / name).is_file():
+            shutil.copy(source / name, root / name)
+
+
+def time_commands(root: Path, in_process: bool) -> dict[str, tuple[float, float, int, str]]:
+    """``build`` then ``check --strict`` on ``root``."""
+    run = _timed if in_process else _timed_process
+    return {
+        "build": run(["build", "--root", str(root)]),
+        "check --strict": run(["check", "--strict", "--root", str(root)]),
+    }
+
+
+def report(label: str, runs: dict[str, tuple[float, float, int, str]]) -> bool:
+    """Print the times of ``runs``; False (after printing the output) when a command failed."""
+    for name, (_wall, _cpu, code, out) in runs.items():
+        if code != 0:
+            print(f"{label}: {name} failed (exit {code}):\n{out}")
+            return False
+    for name, (wall, cpu, _code, _out) in runs.items():
+        print(f"{label}: {name}: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    wall = sum(run[0] for run in runs.values())
+    cpu = sum(run[1] for run in runs.values())
+    print(f"{label}: check + build: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catalog.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=10_000, help="number of synthetic papers (default 10000)")
-    parser.add_argument("--root", default=".", help="repository whose templates and section tree to use")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary repository and print its path")
-    parser.add_argument(
-        "--in-process-only", action="store_true", help="skip the runs of `python -m catalog` in child processes"
-    )
+    parser.add_argument("--root", default=".", help="repository whose data, templates and section tree to use")
+    parser.add_argument("--in-process", action="store_true", help="run the commands in this process")
+    parser.add_argument("--skip-real", action="store_true", help="time only the synthetic catalog")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary repositories and print their path")
     args = parser.parse_args(argv)
+    source = Path(args.root)
     temp = Path(tempfile.mkdtemp(prefix="catalog-bench-"))
     try:
-        start = time.perf_counter()
-        write_synthetic(temp, args.papers, Path(args.root))
-        print(f"generated {args.papers} papers in {time.perf_counter() - start:.2f} s ({temp})")
-        forget_earlier_results()
-        runs = {
-            "build": _timed(["build", "--root", str(temp)]),
-            "check": _timed(["check", "--root", str(temp)]),  # reuses what build read and rendered
-        }
-        forget_earlier_results()
-        if not args.in_process_only:
-            runs["python -m catalog build"] = _timed_process(["build", "--root", str(temp)])
-            runs["python -m catalog check"] = _timed_process(["check", "--root", str(temp)])
-        for name, (_wall, _cpu, code, out) in runs.items():
-            if code != 0:
-                print(f"{name} failed (exit {code}):\n{out}")
+        if not args.skip_real:
+            copy_real(temp / "real", source)
+            if not report("real catalog", time_commands(temp / "real", args.in_process)):
                 return 1
-        for name, (wall, cpu, _code, _out) in runs.items():
-            print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU")
-        totals = [("check + build, one process", ("build", "check"))]
-        if not args.in_process_only:
-            totals.append(("check + build, two processes", ("python -m catalog build", "python -m catalog check")))
-        for label, names in totals:
-            wall = sum(runs[name][0] for name in names)
-            cpu = sum(runs[name][1] for name in names)
-            print(f"{label}: {wall:.2f} s wall, {cpu:.2f} s CPU for {args.papers} papers")
+        start = time.perf_counter()
+        write_synthetic(temp / "synthetic", args.papers, source)
+        print(f"generated {args.papers} synthetic papers in {time.perf_counter() - start:.2f} s")
+        if not report(f"{args.papers} synthetic papers", time_commands(temp / "synthetic", args.in_process)):
+            return 1
         if hasattr(os, "getloadavg"):
             load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
             print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")

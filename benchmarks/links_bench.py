@@ -1,6 +1,6 @@
 """Benchmark of ``catalog links``: 1,000 URLs on local servers answering after 50 ms, concurrent vs one by one.
 
-``python -m catalog.bench_links [--urls 1000] [--latency 0.05] [--hosts 16] [--workers 64] [--serial-sample N]``
+``python benchmarks/links_bench.py [--urls 1000] [--latency 0.05] [--hosts 16] [--workers 64] [--serial-sample N]``
 
 The servers run in a child process (so their threads do not share the checker's GIL), on ``--hosts`` ports of
 127.0.0.1: the checker treats each port as a host, as it would treat arxiv.org, github.com, ... in the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,8 +23,6 @@ from catalog.links import LinkChecker
 
 
 def _serve(latency: float, hosts: int, conn) -> None:
-    import threading
-
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
