@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -188,3 +190,31 @@ def test_gradcheck_float64(name, case, device):
 
     student = args[0].detach().requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (student,), fast_mode=True)
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_nan_in_gives_nan_out(name, case, device, dtype, side):
+    args, kwargs = _inputs(case, device, dtype)
+    index = 0 if side == "student" else case.teacher_index
+    args[index] = torch.full_like(args[index], float("nan"))
+    loss = _call_function(name, args, kwargs, **case.options)
+    assert torch.isnan(loss).all(), f"a NaN {side} gave {loss} instead of NaN"
+
+
+def test_empty_batch_gives_a_zero_in_the_graph(name, case, device, dtype):
+    args, kwargs = _inputs(case, device, dtype, batch=0)
+    args[0] = args[0].detach().requires_grad_(True)
+    loss = _call_function(name, args, kwargs, **case.options)
+    assert loss.dim() == 0 and loss.item() == 0.0, f"an empty batch gave {loss}"
+    loss.backward()
+    assert args[0].grad is not None and not args[0].grad.any()
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_integer_inputs_are_refused(name, case, device, dtype, side):
+    args, kwargs = _inputs(case, device, dtype)
+    index = 0 if side == "student" else case.teacher_index
+    args[index] = (args[index] * 10).round().long()
+    argument = list(inspect.signature(kdimpl.get_loss_function(name)).parameters)[index]
+    with pytest.raises(TypeError, match=argument):
+        _call_function(name, args, kwargs, **case.options)
