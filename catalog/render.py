@@ -15,13 +15,15 @@ Rules that keep awesome-lint's ``double-link`` rule happy (every URL is linked o
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+
+from catalog import bibtex
+from catalog.kdimpl_index import scan
 from catalog.model import Catalog, Paper, Section
 from catalog.slug import Slugger
 
@@ -43,12 +45,12 @@ class RenderError(Exception):
     """Rendering failed (missing template, template error, BibTeX failure); nothing was written."""
 
 
-_INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>|]")
+_INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>|~]")
 _LINE_START = re.compile(r"^(#|>|[-+=]|\d+[.)])")
 
 
 def md(text: str) -> str:
-    """Escape Markdown syntax in plain text that is shown inline (a backslash before ``\\`*_[]<>|``)."""
+    """Escape Markdown syntax in plain text that is shown inline (a backslash before ``\\`*_[]<>|~``)."""
     return _INLINE_SPECIAL.sub(r"\\\g<0>", text)
 
 
@@ -76,17 +78,16 @@ class Heading:
     entries: list["Entry"] = field(default_factory=list)
 
 
-# The template's view of an entry. Jinja looks attributes up before items, so slotted records
-# read faster in the template loops than dicts (this matters for catalogs of thousands of papers).
+# The template's view of an entry.
 
 
-@dataclass(slots=True)
+@dataclass
 class LinkView:
     label: str
     url: str
 
 
-@dataclass(slots=True)
+@dataclass
 class CodeView:
     label: str
     url: str | None  # None: the URL is linked higher up, by ``ref``
@@ -94,20 +95,20 @@ class CodeView:
     ref: str | None
 
 
-@dataclass(slots=True)
+@dataclass
 class ImplementationFile:
     names: str  # "`FGDLoss`" or "`DeFeatLoss` and `DeFeatRoIKDLoss`"
     path: str
     link: bool  # False: the file is linked higher up in the README
 
 
-@dataclass(slots=True)
+@dataclass
 class ImplementationGroup:
     verification: str  # in words
     files: list[ImplementationFile]
 
 
-@dataclass(slots=True)
+@dataclass
 class Entry:
     full: bool  # written in full (the paper's first section) or as a reference
     header: str
@@ -131,6 +132,17 @@ def _header(paper: Paper) -> str:
 
 def _reference_name(paper: Paper) -> str:
     return f"{paper.method} ({_venue_year(paper)})" if paper.method else f"{paper.title} ({_venue_year(paper)})"
+
+
+def statistics(catalog: Catalog) -> dict[str, int]:
+    """The counts of the README's statistics line."""
+    implemented = [paper for paper in catalog.papers if paper.implementations]
+    return {
+        "papers": len(catalog.papers),
+        "official_code": sum(any(code.official for code in paper.code) for paper in catalog.papers),
+        "kdimpl": len(implemented),
+        "parity": sum(all(impl.verification == "parity" for impl in paper.implementations) for paper in implemented),
+    }
 
 
 def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
@@ -186,7 +198,7 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
         return groups
 
     def heading(section: Section) -> Heading:
-        node = Heading(md(section.title), slugger.slug(section.title), section.level, md(section.intro))
+        node = Heading(md(section.title), slugger.slug(section.title), section.level, md_line(section.intro))
         papers = sorted(by_section.get(section.id, ()), key=sort_key)
         node.entries = [entry(paper, section.id) for paper in papers]
         flat.append(node)
@@ -202,12 +214,11 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
         "sections": flat,
         "usage": {"title": USAGE_TITLE, "anchor": usage_anchor},
         "paper_count": len(catalog.papers),
+        "stats": statistics(catalog),
     }
 
 
-def _environment(root: Path):
-    import jinja2
-
+def _environment(root: Path) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root / "templates")),
         autoescape=False,
@@ -220,55 +231,26 @@ def _environment(root: Path):
 
 def render_readme(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | None = None) -> str:
     if kdimpl_files is None:
-        from catalog.kdimpl_index import scan
-
         kdimpl_files = scan(root) if any(paper.implementations for paper in catalog.papers) else {}
     text = _environment(root).get_template(TEMPLATE).render(**build_view(catalog, kdimpl_files))
     return text.rstrip("\n") + "\n"
-
-
-# The inputs and outputs of the last render_outputs call: ``check`` after ``build`` in one process
-# (the benchmark, a script) gets the same files back without rendering them again. The key holds
-# every input (the catalog, the kdimpl index, the templates' bytes), so the result is the same.
-_last_render: list = []
-
-
-def _templates(root: Path) -> tuple:
-    folder = root / "templates"
-    try:
-        return tuple(sorted((path.name, path.read_bytes()) for path in folder.iterdir() if path.is_file()))
-    except OSError:
-        return ()
 
 
 def render_outputs(catalog: Catalog, root: Path, kdimpl_files: dict[str, str] | None = None) -> dict[Path, str]:
     """Every generated file, rendered in memory: ``{path: text}``. Raises :class:`RenderError`."""
     root = Path(root)
     if kdimpl_files is None and any(paper.implementations for paper in catalog.papers):
-        from catalog.kdimpl_index import scan
-
         try:
             kdimpl_files = scan(root)
         except Exception as error:
             raise RenderError(f"rendering {README} failed: {type(error).__name__}: {error}") from error
-    key = (root, catalog, kdimpl_files or {}, _templates(root))
-    if _last_render and _last_render[0] == key:
-        return dict(_last_render[1])
-    outputs = _render_outputs(catalog, root, kdimpl_files or {})
-    _last_render[:] = [key, dict(outputs)]
-    return outputs
-
-
-def _render_outputs(catalog: Catalog, root: Path, kdimpl_files: dict[str, str]) -> dict[Path, str]:
     outputs: dict[Path, str] = {}
     try:
-        outputs[root / README] = render_readme(catalog, root, kdimpl_files)
+        outputs[root / README] = render_readme(catalog, root, kdimpl_files or {})
     except Exception as error:  # a template or data error must not leave a traceback or half a build
         raise RenderError(f"rendering {README} failed: {type(error).__name__}: {error}") from error
     try:
-        from catalog.bibtex import render_bibtex
-
-        outputs[root / BIBTEX] = render_bibtex(catalog)
+        outputs[root / BIBTEX] = bibtex.render_bibtex(catalog)
     except Exception as error:
         raise RenderError(f"rendering {BIBTEX} failed: {type(error).__name__}: {error}") from error
     return outputs
@@ -291,36 +273,3 @@ def diff_against_file(path: Path, text: str, rel: str) -> str | None:
     )
     out = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stdout", action="store_true", help="print README.md instead of writing the files")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Validate, render README.md and papers.bib in memory, then write both atomically."""
-    from catalog import atomic, validate
-
-    root = Path(args.root)
-    result = validate.validate_root(root)
-    if result.problems:
-        for problem in result.problems:
-            print(problem)
-        print(f"catalog build: {len(result.problems)} problem(s) in the data; nothing was written", file=sys.stderr)
-        return 1
-    try:
-        outputs = render_outputs(result.catalog, root, result.kdimpl_files)
-    except RenderError as error:
-        print(f"catalog build: {error}; nothing was written", file=sys.stderr)
-        return 1
-    if getattr(args, "stdout", False):
-        sys.stdout.write(outputs[root / README])
-        return 0
-    try:
-        atomic.write_files(outputs)
-    except OSError as error:
-        print(f"catalog build: cannot write {error.filename or 'output'}: {error.strerror or error}", file=sys.stderr)
-        return 1
-    names = ", ".join(path.relative_to(root).as_posix() for path in outputs)
-    print(f"catalog build: wrote {names} ({len(result.catalog.papers)} papers)", file=sys.stderr)
-    return 0

@@ -8,13 +8,14 @@ into problems too. The rules beyond the JSON Schema are here (contributors read 
 
 from __future__ import annotations
 
-import argparse
 import datetime
+import difflib
+import functools
 import re
-import sys
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from catalog.loader import (
     FILE_FIELD,
@@ -35,7 +36,9 @@ from catalog.loader import (
     read_document,
     schema_problems,
 )
+from catalog.kdimpl_index import scan
 from catalog.model import Catalog
+from catalog.text import title_key
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 ARXIV_ID = r"(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*(?:\.[A-Z]{2})?/\d{7})"
@@ -50,6 +53,16 @@ FIRST_YEAR = 1990
 
 def next_year() -> int:
     return datetime.date.today().year + 1
+
+
+VENUES_FILE = Path(__file__).parent / "data" / "venues.yaml"
+
+
+@functools.cache
+def venues() -> dict[str, dict]:
+    """The venue vocabulary, ``catalog/data/venues.yaml``: canonical label -> BibTeX type and container."""
+    with open(VENUES_FILE, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
 
 
 @dataclass
@@ -77,7 +90,10 @@ def text_problems(doc: Document, where: tuple, value: str, sentence: bool = Fals
     if PLACEHOLDER_RE.match(value):  # the other rules would only add noise about the placeholder text
         return [doc.problem(where, PLACEHOLDER_MESSAGE)]
     messages = []
-    if _CONTROL_RE.search(value):
+    if value.endswith("\n") and not _CONTROL_RE.search(value.rstrip("\n")):
+        messages.append("ends with a line break: write `>-` instead of `>` (or `|-` instead of `|`), or one line")
+        value = value.rstrip("\n")
+    elif _CONTROL_RE.search(value):
         messages.append("must be a single line of plain text (no line breaks, tabs or control characters)")
     if value != value.strip():
         messages.append("has leading or trailing spaces")
@@ -136,6 +152,7 @@ def section_problems(doc: Document) -> list[Problem]:
                 titles[title.casefold()] = doc.line(here + ("title",))
             if "intro" in node:
                 problems.extend(text_problems(doc, here + ("intro",), node["intro"], sentence=True))
+                problems.extend(length_problems(doc, here + ("intro",), node["intro"]))
             visit(node.get("children", []), here + ("children",), level + 1)
 
     visit(doc.data, (), 2)
@@ -164,10 +181,95 @@ class _KdimplIndex:
 
     def get(self) -> dict[str, str]:
         if self._index is None:
-            from catalog.kdimpl_index import scan
-
             self._index = scan(self.root)
         return self._index
+
+
+MAX_TEXT = 400  # characters of a description, note or intro; the seed's longest description has 230
+_YEAR_IN_VENUE = re.compile(r"\s*'?\b(?:19|20)\d\d\b\s*")
+_SEVERAL_AUTHORS = re.compile(r"\s(?:and|&)\s|;")
+_NAME_SUFFIXES = {"jr", "jr.", "sr", "sr.", "ii", "iii", "iv"}
+
+
+def year_problems(doc: Document, year, limit: int) -> list[Problem]:
+    if isinstance(year, float):  # JSON Schema counts 2023.0 as an integer
+        return [doc.problem(("year",), f"must be a whole number such as 2023; write {year!r} without the decimal point")]
+    if not FIRST_YEAR <= year <= limit:
+        return [doc.problem(("year",), f"must be between {FIRST_YEAR} and {limit}")]
+    return []
+
+
+def venue_problems(doc: Document, venue: str) -> list[Problem]:
+    """The venue must be a label of ``catalog/data/venues.yaml``, spelt as there."""
+    known = venues()
+    if venue in known or PLACEHOLDER_RE.match(venue):
+        return []
+    without_year = _YEAR_IN_VENUE.sub(" ", venue).strip()
+    folded = {label.casefold(): label for label in known}
+    match = folded.get(without_year.casefold())
+    if match is None:
+        close = difflib.get_close_matches(without_year.casefold(), list(folded), n=1, cutoff=0.6)
+        match = folded[close[0]] if close else None
+    message = f"unknown venue {venue!r}"
+    if match is not None:
+        message += f"; write it as {match!r}"
+    if without_year != venue:
+        message += "; the year goes in `year`, not in the venue"
+    if match is None:
+        message += (
+            f"; use a label of catalog/data/venues.yaml ({', '.join(known)}),"
+            " or add the venue there with its BibTeX type and full name"
+        )
+    return [doc.problem(("venue",), message)]
+
+
+def author_problems(doc: Document, index: int, author: str) -> list[Problem]:
+    """One person per item, written ``First Last``."""
+    where = ("authors", index)
+    node = _scalar_node(doc, where)
+    if node is not None and node.end_mark.line > node.start_mark.line and "\n" not in author:
+        return [
+            doc.problem(
+                where,
+                f"YAML joins line {node.start_mark.line + 2} to this item, giving {author!r}; "
+                "put each author on its own line starting with '- ', at the same indentation",
+            )
+        ]
+    if _SEVERAL_AUTHORS.search(author):
+        return [doc.problem(where, f"{author!r} names several people; write one author per '- ' item")]
+    if "," in author:
+        parts = [part.strip() for part in author.split(",")]
+        if len(parts) == 2 and parts[1].casefold() in _NAME_SUFFIXES:
+            return []
+        if len(parts) == 2 and len(parts[0].split()) == 1 and parts[1]:
+            return [
+                doc.problem(where, f"{author!r} reads as 'Last, First'; write it as '{parts[1]} {parts[0]}' (First Last)")
+            ]
+        return [doc.problem(where, f"{author!r} names several people; write one author per '- ' item")]
+    return []
+
+
+def length_problems(doc: Document, where: tuple, value: str) -> list[Problem]:
+    if len(value) <= MAX_TEXT:
+        return []
+    return [
+        doc.problem(
+            where, f"is {len(value)} characters long; keep it to one or two sentences of at most {MAX_TEXT} characters"
+        )
+    ]
+
+
+def _scalar_node(doc: Document, where: tuple):
+    """The YAML node at ``where``, when the document was parsed into nodes."""
+    node = doc.node
+    for step in where:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            return None
+    return node if isinstance(node, yaml.ScalarNode) else None
 
 
 _TEXT_FIELDS = (("method", False), ("title", False), ("venue", False), ("description", True))
@@ -186,8 +288,9 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
         problems.append(
             Problem(doc.path, 1, FILE_FIELD, "file name must be <id>.yaml, the id in lowercase letters, digits and '-'")
         )
-    if data["year"] > year_limit:
-        problems.append(doc.problem(("year",), f"must be between {FIRST_YEAR} and {year_limit}"))
+    problems.extend(year_problems(doc, data["year"], year_limit))
+    problems.extend(venue_problems(doc, data["venue"]))
+    problems.extend(length_problems(doc, ("description",), data["description"]))
 
     # Most values break no text rule: text_problems's first test, inlined here, spares a call per value.
     clean = _CLEAN_RE.match
@@ -199,6 +302,7 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
     for index, author in enumerate(data["authors"]):
         if not clean(author):
             problems.extend(text_problems(doc, ("authors", index), author))
+        problems.extend(author_problems(doc, index, author))
 
     kinds = link_kinds()
     paper_kinds = kinds["paper"]
@@ -266,6 +370,7 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
         elif section not in data["sections"]:
             problems.append(doc.problem(where, f"{section!r} is not one of the paper's sections"))
         problems.extend(text_problems(doc, where, text, sentence=True))
+        problems.extend(length_problems(doc, where, text))
 
     names: dict[str, int] = {}
     for index, item in enumerate(data.get("implementations", ())):
@@ -283,24 +388,20 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
 
 # scheme, optional user info, host, optional port, then the rest; the schema already required https://
 _URL_RE = re.compile(r"^https://(?:([^/?#@]*)@)?([^/?#:@]*)(?::(\d*))?([/?#].*)?$", re.DOTALL)
-_SPACE_RE = re.compile(r"\s")
-
-
-def url_host(url: str) -> str:
-    """The lowercased host of an https URL ('' when there is none)."""
-    match = _URL_RE.match(url)
-    return match.group(2).lower() if match else ""
+# Characters that end or nest a Markdown link destination: a URL holding one could render as a second link.
+_SPACE_RE = re.compile(r"[\s()<>\[\]\"'`\\]")
+_SPACE_MESSAGE = "URL must not contain spaces, ( ) < > [ ] \\ ` or quotes; percent-encode them (( is %28, ) is %29)"
 
 
 def _url_parts(url: str) -> tuple[str | None, str, str]:
-    """``(problem message or None, url_host(url), _url_key(url))`` from a single match."""
+    """``(problem message or None, lowercased host, _url_key(url))`` from a single match."""
     match = _URL_RE.match(url)
     if not match:
-        return ("URL must not contain spaces" if _SPACE_RE.search(url) else "must be an absolute https:// URL"), "", url
+        return (_SPACE_MESSAGE if _SPACE_RE.search(url) else "must be an absolute https:// URL"), "", url
     user, host, _port, rest = match.groups()
     host = host.lower()
     if _SPACE_RE.search(url):
-        message = "URL must not contain spaces"
+        message = _SPACE_MESSAGE
     elif not host:
         message = "must be an absolute https:// URL"
     elif user is not None:
@@ -330,44 +431,90 @@ def _key_from_parts(host: str, rest: str | None) -> str:
     return host + rest.rstrip("/")
 
 
-_NOT_ALNUM = re.compile(r"[\W_]+")
-
-
-def normalised_title(title: str) -> str:
-    """Case, accents' composition, spacing and punctuation do not make a title different."""
-    return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", title).casefold())
-
-
 # --------------------------------------------------------------------------- whole catalog
 
 
-def duplicate_problems(docs: list[Document]) -> list[Problem]:
-    """The same paper twice: same arXiv id, same normalised title, or the same paper link."""
+def _identities(doc: Document) -> dict[tuple, tuple]:
+    """What makes two files the same paper -> where it is in ``doc``: arXiv id, DOI, title, paper links."""
+    data = doc.data
+    found: dict[tuple, tuple] = {}
+    if "arxiv" in data:
+        found[("arXiv id", data["arxiv"])] = ("arxiv",)
+    if "doi" in data:
+        found[("DOI", data["doi"].casefold())] = ("doi",)
+    found[("title", title_key(data["title"]))] = ("title",)
+    link_keys = doc.link_keys
+    if link_keys is None:  # not checked by paper_problems
+        link_keys = [_url_key(link["url"]) for link in data["links"]]
+    for index, link in enumerate(data["links"]):
+        where = ("links", index, "url")
+        match = ARXIV_URL_RE.match(link["url"]) if link["kind"] == "arxiv" else None
+        if match:
+            found.setdefault(("arXiv id", match.group(1)), where)
+        if link["kind"] == "doi":
+            found.setdefault(("DOI", link["url"].removeprefix("https://doi.org/").casefold()), where)
+        found.setdefault(("link", link_keys[index]), where)
+    return found
+
+
+def duplicate_problems(docs: list[Document], readme: str = "") -> list[Problem]:
+    """The same paper in two files: same arXiv id, DOI, normalised title or paper link.
+
+    The problem is reported on the newer file, the one whose entry (its exact run of paper-link lines)
+    is not in the committed README.md yet: the file a pull request adds. When that cannot tell them
+    apart, on the file whose name sorts later. The older file gets a line pointing to it.
+    """
+    lines = readme.splitlines()
+    labels = {kind: value["label"] for kind, value in link_kinds()["paper"].items()}
+    positions: dict[str, list[int]] = {}
+    for number, line in enumerate(lines):
+        positions.setdefault(line, []).append(number)
+
+    def listed(doc: Document) -> bool:
+        block = [f"\\[[{labels[link['kind']]}]({link['url']})\\]" for link in doc.data["links"]]
+        for start in positions.get(block[0], ()):
+            end = start + len(block)
+            if (
+                lines[start:end] == block
+                and not (start and lines[start - 1].startswith("\\[["))
+                and not (end < len(lines) and lines[end].startswith("\\[["))
+            ):
+                return True
+        return False
+
+    seen: dict[tuple, Document] = {}
+    pairs: dict[tuple[str, str], list] = {}  # (newer path, older path) -> [(what, where in newer, where in older)]
+    docs_by_path = {doc.path: doc for doc in docs}
+    for doc in sorted(docs, key=lambda doc: doc.path):
+        found = _identities(doc)
+        for identity, where in found.items():
+            other = seen.setdefault(identity, doc)
+            if other is doc:
+                continue
+            newer, older = (other, doc) if listed(doc) and not listed(other) else (doc, other)
+            older_where = _identities(older)[identity]
+            newer_where = where if newer is doc else older_where
+            older_where = older_where if newer is doc else where
+            pairs.setdefault((newer.path, older.path), []).append((identity, newer_where, older_where))
     problems: list[Problem] = []
-    arxiv: dict[str, str] = {}
-    titles: dict[str, str] = {}
-    urls: dict[str, str] = {}
-    for doc in docs:
-        data = doc.data
-        ids: dict[str, tuple] = {}
-        if "arxiv" in data:
-            ids[data["arxiv"]] = ("arxiv",)
-        for index, link in enumerate(data["links"]):
-            match = ARXIV_URL_RE.match(link["url"]) if link["kind"] == "arxiv" else None
-            if match:
-                ids.setdefault(match.group(1), ("links", index, "url"))
-        for arxiv_id, where in ids.items():
-            if arxiv.setdefault(arxiv_id, doc.path) != doc.path:
-                problems.append(doc.problem(where, f"same arXiv id ({arxiv_id}) as {arxiv[arxiv_id]}"))
-        title = normalised_title(data["title"])
-        if titles.setdefault(title, doc.path) != doc.path:
-            problems.append(doc.problem(("title",), f"same title as {titles[title]}"))
-        link_keys = doc.link_keys
-        if link_keys is None:  # not checked by paper_problems
-            link_keys = [_url_key(link["url"]) for link in data["links"]]
-        for index, key in enumerate(link_keys):
-            if urls.setdefault(key, doc.path) != doc.path:
-                problems.append(doc.problem(("links", index, "url"), f"same link as {urls[key]}"))
+    for (newer_path, older_path), matches in pairs.items():
+        newer, older = docs_by_path[newer_path], docs_by_path[older_path]
+        parts = [f"{kind} {value}" if kind in ("arXiv id", "DOI") else f"paper {kind}" for (kind, value), _, _ in matches]
+        what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        if listed(older) and not listed(newer):
+            why = f"{older_path} is already in README.md"
+        else:
+            why = "neither file is in README.md yet and this file's name sorts later"
+        problems.append(
+            newer.problem(
+                matches[0][1],
+                f"same paper as {older_path} (same {what}); delete this file or move what it adds to "
+                f"{older_path} (reported here because {why})",
+            )
+        )
+        problems.append(
+            older.problem(matches[0][2], f"{newer_path} repeats this paper (same {what}); the problem is reported there")
+        )
     return problems
 
 
@@ -379,9 +526,31 @@ def check_file(root: Path, rel: str, known: list[str], kdimpl: _KdimplIndex, lim
     return _check_text(rel, raw, known, kdimpl, limit)
 
 
+_QUOTED_VALUE = re.compile(r"""^\s*(?:- )?[A-Za-z_-]+: ['"]""")
+
+
+def with_yaml_hint(problem: Problem, raw: bytes) -> Problem:
+    """A YAML syntax error with what usually causes it and how to fix it."""
+    if problem.field != "yaml" or not problem.message.startswith("invalid YAML"):
+        return problem
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    line = lines[problem.line - 1] if 0 < problem.line <= len(lines) else ""
+    value = line.split(": ", 1)[1] if ": " in line else ""
+    if "\t" in line[: len(line) - len(line.lstrip())] or "tab" in problem.message:
+        hint = "indent with spaces, not tabs"
+    elif "mapping values are not allowed" in problem.message and ": " in value:
+        hint = f"a value that contains ': ' must be quoted: {line.split(': ', 1)[0].strip()}: \"{value.strip()}\""
+    elif _QUOTED_VALUE.match(line):
+        hint = "a quoted value must end with the quote it starts with; write a ' inside '...' as ''"
+    else:
+        return problem
+    return Problem(problem.path, problem.line, problem.field, f"{problem.message}; {hint}")
+
+
 def _check_text(rel: str, raw: bytes, known: list[str], kdimpl: _KdimplIndex, limit: int) -> tuple[Document, bool]:
     doc = parse_text(rel, raw)
     if doc.problems:
+        doc.problems = [with_yaml_hint(problem, raw) for problem in doc.problems]
         return doc, False
     if not isinstance(doc.data, dict):
         doc.problems.append(doc.problem((), f"expected a mapping of paper fields, got {describe(doc.data)}"))
@@ -392,41 +561,6 @@ def _check_text(rel: str, raw: bytes, known: list[str], kdimpl: _KdimplIndex, li
         return doc, False
     doc.problems.extend(paper_problems(doc, known, kdimpl, limit))
     return doc, True
-
-
-# ``build`` then ``check`` in one process (the benchmark, a script, a test session) read the same
-# files. A paper whose bytes and rule inputs (section ids, year limit, and the kdimpl index when it
-# lists implementations) are unchanged gets its earlier result back instead of being parsed and
-# checked again; every input of the rules is in the comparison, so the result is the same.
-# Only the last root's papers are kept.
-_reuse: dict = {"root": None, "files": {}}
-
-
-def _checked_paper(root: Path, rel: str, known: tuple, kdimpl: _KdimplIndex, limit: int):
-    """``(doc, ok, paper or None)`` for one paper file, reusing an identical earlier check."""
-    raw = read_bytes(root, rel)
-    if isinstance(raw, Document):
-        return raw, False, None
-    files = _reuse["files"]
-    earlier = files.get(rel)
-    if earlier is not None and earlier[0] == raw and earlier[1] == known and earlier[2] == limit:
-        if earlier[3] is None or earlier[3] == kdimpl.get():
-            doc = earlier[4]
-            doc.problems = list(earlier[5])
-            return doc, earlier[6], earlier[7]
-    doc, ok = _check_text(rel, raw, known, kdimpl, limit)
-    paper = build_paper(doc) if ok else None
-    index = kdimpl.get() if ok and doc.data.get("implementations") else None
-    files[rel] = (raw, known, limit, index, doc, tuple(doc.problems), ok, paper)
-    return doc, ok, paper
-
-
-def forget_earlier_results() -> None:
-    """Drop what this process kept from earlier checks and renders (the benchmark times both ways)."""
-    from catalog import render
-
-    _reuse["root"], _reuse["files"] = None, {}
-    render._last_render.clear()
 
 
 def validate_root(root: Path) -> Result:
@@ -450,7 +584,11 @@ def validate_root(root: Path) -> Result:
                 sections = build_sections(sections_doc.data)
                 known = section_ids(sections_doc.data)
 
-    files = paper_files(root)
+    try:
+        files = paper_files(root)
+    except OSError as error:
+        problems.append(Problem(PAPERS_DIR, 1, FILE_FIELD, f"cannot list the folder: {error.strerror or error}"))
+        files = []
     yaml_files = []
     for rel in files:
         if rel.endswith(".yaml"):
@@ -462,66 +600,23 @@ def validate_root(root: Path) -> Result:
     limit = next_year()
     loaded: list[Document] = []
     papers = []
-    if _reuse["root"] != str(root.resolve()):
-        _reuse["root"], _reuse["files"] = str(root.resolve()), {}
-    known_key = tuple(known)
     for rel in yaml_files:
-        doc, ok, paper = _checked_paper(root, rel, known_key, kdimpl, limit)
+        doc, ok = check_file(root, rel, known, kdimpl, limit)
         problems.extend(doc.problems)
         if ok:
             loaded.append(doc)
-            papers.append(paper)
-    problems.extend(duplicate_problems(loaded))
+            papers.append(build_paper(doc))
+    try:
+        readme = (root / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        readme = ""
+    problems.extend(duplicate_problems(loaded, readme))
     problems.sort()
     catalog = Catalog(papers=tuple(papers), sections=sections, root=str(root))
     return Result(catalog, problems, kdimpl._index)
 
 
-# --------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--no-generated",
-        action="store_true",
-        help="skip comparing README.md and papers.bib with what `build` would write",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Validate the data and the generated files; print every problem; 0 when all is well, else 1."""
-    from catalog import render
-
-    root = Path(args.root)
-    result = validate_root(root)
-    for problem in result.problems:
-        print(problem)
-    if result.problems:
-        print(
-            f"catalog check: {len(result.problems)} problem(s) in the data; README.md and papers.bib were not compared",
-            file=sys.stderr,
-        )
-        return 1
-    if getattr(args, "no_generated", False):
-        print(f"catalog check: {len(result.catalog.papers)} papers OK", file=sys.stderr)
-        return 0
-    try:
-        outputs = render.render_outputs(result.catalog, root, result.kdimpl_files)
-    except render.RenderError as error:
-        print(f"catalog check: {error}", file=sys.stderr)
-        return 1
-    stale = 0
-    for path, text in outputs.items():
-        rel = path.relative_to(root).as_posix()
-        diff = render.diff_against_file(path, text, rel)
-        if diff is not None:
-            stale += 1
-            print(f"{rel}:1: {FILE_FIELD}: out of date; run `python -m catalog build` and commit the result")
-            sys.stdout.write(diff)
-    if stale:
-        return 1
-    print(
-        f"catalog check: {len(result.catalog.papers)} papers OK; README.md and papers.bib are up to date",
-        file=sys.stderr,
-    )
-    return 0
+def load_catalog(root: str | Path) -> tuple[Catalog, list[Problem]]:
+    """Load and validate everything; the catalog holds the papers that loaded, problems are sorted."""
+    result = validate_root(Path(root))
+    return result.catalog, result.problems

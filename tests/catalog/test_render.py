@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -286,3 +287,128 @@ def test_a_second_render_in_one_process_sees_template_and_data_changes(tmp_path)
     paper = root / "papers" / "alpha.yaml"
     paper.write_text(paper.read_text(encoding="utf-8").replace("title: ", "title: Renamed "), encoding="utf-8")
     assert "Renamed " in render.render_outputs(validate_root(root).catalog, root)[root / "README.md"]
+
+
+# --- text from the data cannot change the README's structure ---------------------------------------
+
+_PARSE = None
+
+
+def _tokens(markdown: str) -> list[dict]:
+    global _PARSE
+    if _PARSE is None:
+        import mistune
+
+        _PARSE = mistune.create_markdown(renderer=None, plugins=["table", "strikethrough", "url"])
+    return _PARSE(markdown)
+
+
+def _walk(tokens):
+    for token in tokens:
+        yield token
+        yield from _walk(token.get("children", ()))
+
+
+def _structure(readme: str) -> list[tuple]:
+    """The README's blocks, their nesting, and its headings' levels: what no data text may change."""
+    shape = []
+    for token in _walk(_tokens(readme)):
+        if token["type"] in ("text", "blank_line", "softbreak", "linebreak", "codespan", "emphasis", "strong"):
+            continue
+        shape.append((token["type"], token.get("attrs", {}).get("level")))
+    return shape
+
+
+# (file, the start of the line whose value changes, text put before that value, text put after it)
+HOSTILE = {
+    "method opening a tilde fence": ("papers/alpha.yaml", "method: ", "~~~", ""),
+    "method opening a backtick fence": ("papers/alpha.yaml", "method: ", "```", ""),
+    "method as a heading": ("papers/alpha.yaml", "method: ", "# ", ""),
+    "title as an ordered list": ("papers/alpha.yaml", "title: ", "1. ", ""),
+    "title as a heading": ("papers/alpha.yaml", "title: ", "# ", ""),
+    "title as a setext underline": ("papers/alpha.yaml", "title: ", "=== ", ""),
+    "author as a quote": ("papers/alpha.yaml", "  - Ada", "> ", ""),
+    "author as a bullet": ("papers/alpha.yaml", "  - Ada", "- ", ""),
+    "description with table pipes": ("papers/alpha.yaml", "description: ", "| a | b | ", ""),
+    "description with strikethrough": ("papers/alpha.yaml", "description: ", "~~struck~~ ", ""),
+    "intro as a heading": ("papers/_sections.yaml", "  intro: ", "# ", ""),
+    "intro as an ordered list": ("papers/_sections.yaml", "  intro: ", "1. ", ""),
+    "intro as a bullet": ("papers/_sections.yaml", "  intro: ", "- ", ""),
+    "intro as a plus bullet": ("papers/_sections.yaml", "  intro: ", "+ ", ""),
+    "intro as a quote": ("papers/_sections.yaml", "  intro: ", "> ", ""),
+    "intro opening a fence": ("papers/_sections.yaml", "  intro: ", "```", ""),
+    "intro opening a tilde fence": ("papers/_sections.yaml", "  intro: ", "~~~ ", ""),
+    "intro as a table row": ("papers/_sections.yaml", "  intro: ", "| x | y | ", ""),
+    "intro with a tag-like word": ("papers/_sections.yaml", "  intro: ", "<details ", ""),
+    "note with emphasis and a code span": ("papers/alpha.yaml", "  teacher-free: ", "*Also* `has` _a_ ", ""),
+}
+
+
+def _change_value(text: str, start: str, before: str, after: str) -> str:
+    """``start`` + a JSON (so YAML) string of the line's value with ``before`` and ``after`` added."""
+    lines = text.split("\n")
+    number = next(index for index, line in enumerate(lines) if line.startswith(start))
+    key = start if start.endswith(": ") or start.endswith("- ") else start[: start.index("- ") + 2]
+    value = lines[number][len(key):]
+    lines[number] = key + json.dumps(before + value + after)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("rel, start, before, after", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_text_fields_cannot_break_the_readme_structure(tmp_path, rel, start, before, after):
+    root = make_repo(tmp_path)
+    assert build(root) == 0
+    expected = _structure((root / "README.md").read_text(encoding="utf-8"))
+    path = root / rel
+    path.write_text(_change_value(path.read_text(encoding="utf-8"), start, before, after), encoding="utf-8")
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert _structure(readme) == expected
+    assert not any(token["type"] in ("block_html", "inline_html") for token in _walk(_tokens(readme)))
+
+
+def test_links_only_go_to_hosts_in_the_data(tmp_path):
+    """Every link in the rendered README points to a host named by the data, the template or the repo."""
+    from urllib.parse import urlsplit
+
+    from catalog.validate import validate_root
+
+    root = make_repo(tmp_path)
+    assert build(root) == 0
+    catalog = validate_root(root).catalog
+    hosts = {urlsplit(url).hostname for paper in catalog.papers for url in
+             [link.url for link in paper.links] + [code.url for code in paper.code]}
+    hosts |= {"awesome.re", "github.com"}  # the badges in the template
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    targets = [token["attrs"]["url"] for token in _walk(_tokens(readme)) if token["type"] in ("link", "image")]
+    assert targets
+    for url in targets:
+        parts = urlsplit(url)
+        assert not parts.scheme or parts.hostname in hosts, url
+        assert parts.scheme in ("", "https"), url
+
+
+def test_a_url_that_would_add_a_second_link_is_refused(tmp_path, capsys):
+    root = make_repo(tmp_path)
+    alpha = root / "papers" / "alpha.yaml"
+    alpha.write_text(
+        alpha.read_text(encoding="utf-8").replace(
+            "https://openaccess.thecvf.com/content/alpha.html",
+            "https://openaccess.thecvf.com/x)[Download_PDF](https://evil.example/login",
+        ),
+        encoding="utf-8",
+    )
+    assert build(root) == 1
+    assert "papers/alpha.yaml:16: links[0].url: URL must not contain" in capsys.readouterr().out
+    assert not (root / "README.md").exists()
+
+
+def test_statistics_line_counts_the_data(tmp_path):
+    root = make_repo(tmp_path)
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    # alpha (parity) and delta (paper) have kdimpl objects, gamma too (unverified); alpha's code is official
+    assert (
+        "\n**4 papers**, 1 with official code, 3 with a reference implementation in kdimpl "
+        "(1 of them matching the official code's numbers).\n" in readme
+    )
