@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.commands import bibtex, build, check, import_markdown, links, new, verify
+from catalog.commands import bibtex, build, check, import_markdown, links, new, site, verify
 
 COMMANDS = {
     "check": check,
@@ -19,6 +19,7 @@ COMMANDS = {
     "links": links,
     "bibtex": bibtex,
     "import-markdown": import_markdown,
+    "site": site,
 }
 
 
