@@ -1,0 +1,120 @@
+"""Box and RoI operations shared by the losses: pooling boxes from a feature map, padding box lists.
+
+Boxes are ``x1, y1, x2, y2`` in pixels of the input tensor whose ``(height, width)`` is
+``image_size``; each function maps them to the feature map it receives.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_boxes
+from .masks import pad_boxes
+
+__all__ = ["roi_align_padded"]
+
+
+def _image_hw(image_size: Sequence[int] | Tensor, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image height and width as ``(N, 1)`` tensors."""
+    size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device).reshape(-1, 2).expand(batch, 2)
+    return size[:, :1], size[:, 1:]
+
+
+def padded_boxes(
+    gt_boxes: Sequence[Tensor] | Tensor, batch_size: int, *, dtype: torch.dtype | None = None, device=None
+) -> tuple[Tensor, Tensor]:
+    """Checked per-image boxes as one ``(N, M, 4)`` tensor and its ``(N, M)`` bool mask of real boxes.
+
+    ``dtype`` defaults to the boxes' floating dtype (at least float32). An empty batch (``N = 0``,
+    an empty list) gives ``(0, 0, 4)`` boxes.
+    """
+    check_boxes(gt_boxes, batch_size)
+    if len(gt_boxes) == 0:
+        dtype = dtype or torch.float32
+        return torch.zeros(0, 0, 4, dtype=dtype, device=device), torch.zeros(0, 0, dtype=torch.bool, device=device)
+    boxes, valid = pad_boxes(gt_boxes)
+    dtype = dtype or torch.promote_types(boxes.dtype, torch.float32)
+    return boxes.to(device=device or boxes.device, dtype=dtype), valid.to(device or boxes.device)
+
+
+def roi_align_padded(
+    features: Tensor,
+    boxes: Tensor,
+    image_size: Sequence[int] | Tensor,
+    output_size: int = 3,
+    *,
+    sampling_ratio: int = -1,
+    max_sampling_ratio: int = 8,
+) -> Tensor:
+    r"""RoIAlign (He et al., Mask R-CNN) of padded per-image boxes, vectorised over images and boxes.
+
+    Follows ``torchvision.ops.roi_align(..., aligned=False)``: a box is scaled to the map, its size is
+    clamped to at least one cell, split into ``output_size x output_size`` bins and each bin averages
+    ``s_h x s_w`` bilinear samples (samples beyond one cell outside the map count as zero).
+
+    Args:
+        features: ``(N, C, H, W)`` feature map.
+        boxes: ``(N, M, 4)`` xyxy boxes in input-image pixels (padding rows are computed; the caller
+            ignores them).
+        image_size: ``(height, width)`` or ``(N, 2)``; the box scale is ``W / width`` along x and
+            ``H / height`` along y.
+        output_size: bins per side.
+        sampling_ratio: samples per bin and axis; ``<= 0`` picks ``ceil(box size / output_size)`` per
+            box like torchvision, capped at ``max_sampling_ratio``.
+        max_sampling_ratio: the cap of the adaptive count (fixed so the shape does not depend on data).
+
+    Returns:
+        ``(N, M, C, output_size, output_size)`` pooled features in ``features``' dtype.
+
+    Notes:
+        Adaptive sampling equals torchvision's exactly while ``ceil(box size in cells / output_size)``
+        stays within ``max_sampling_ratio`` (boxes up to 24 cells with the defaults); larger boxes
+        average an evenly spread ``8 x 8`` grid per bin instead of a denser one. Boxes and the image
+        size are not checked here (the losses check them): a non-finite box makes ``grid_sample``
+        read out of bounds.
+
+    Example:
+        >>> import torch
+        >>> roi_align_padded(torch.randn(2, 4, 6, 10), torch.tensor([[[0.0, 0.0, 20.0, 12.0]]] * 2), (24, 40)).shape
+        torch.Size([2, 1, 4, 3, 3])
+    """
+    n, c, height, width = features.shape
+    m = boxes.shape[1]
+    k = output_size
+    img_h, img_w = _image_hw(image_size, n, boxes)
+    scale = torch.cat([width / img_w, height / img_h], dim=1)[:, None, :]  # (N, 1, 2) as (x, y)
+    start = boxes[..., :2] * scale  # (N, M, 2)
+    size = (boxes[..., 2:] * scale - start).clamp(min=1.0)
+    bin_size = size / k
+    if sampling_ratio > 0:
+        samples = sampling_ratio
+        count = torch.full_like(size, float(sampling_ratio))
+    else:
+        samples = max_sampling_ratio
+        count = torch.ceil(bin_size).clamp(1.0, float(max_sampling_ratio))
+    steps = torch.arange(samples, device=boxes.device, dtype=boxes.dtype)
+    bins = torch.arange(k, device=boxes.device, dtype=boxes.dtype)
+    # Sample coordinates (N, M, k, S, 2): bin start + (i + 0.5) * bin / count, for i < count.
+    offset = (steps[:, None] + 0.5) / count[:, :, None, None, :]  # (N, M, 1, S, 2)
+    coords = start[:, :, None, None, :] + (bins[:, None, None] + offset) * bin_size[:, :, None, None, :]
+    used = (steps[:, None] < count[:, :, None, None, :]).to(features.dtype)  # (N, M, 1, S, 2)
+    limit = torch.tensor([width, height], device=boxes.device, dtype=boxes.dtype)
+    inside = ((coords >= -1) & (coords <= limit)).to(features.dtype)
+    weight = used * inside / count[:, :, None, None, :]  # (N, M, k, S, 2)
+
+    # grid_sample(align_corners=False, padding_mode="border") clamps to [0, size - 1] like RoIAlign.
+    norm = (2 * coords + 1) / limit - 1
+    gx = norm[..., 0].reshape(n, m, 1, k * samples, 1).expand(n, m, k * samples, k * samples, 1)
+    gy = norm[..., 1].reshape(n, m, k * samples, 1, 1).expand(n, m, k * samples, k * samples, 1)
+    grid = torch.cat([gx, gy], dim=-1).reshape(n, m * k * samples, k * samples, 2)
+    grid = grid.to(features.dtype)
+    sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = sampled.reshape(n, c, m, k, samples, k, samples)
+    wx = weight[..., 0].reshape(n, 1, m, 1, 1, k, samples)
+    wy = weight[..., 1].reshape(n, 1, m, k, samples, 1, 1)
+    pooled = (sampled * wy * wx).sum(dim=(4, 6))  # (N, C, M, k, k)
+    return pooled.permute(0, 2, 1, 3, 4)
