@@ -51,6 +51,11 @@ def copy_repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "kdimpl", root / "kdimpl", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("README.md", "papers.bib"):
         shutil.copy(REPO / name, root / name)
+    # The catalog as it was before DiffKD, whether or not it lists DiffKD today.
+    for path in (root / "papers").glob("[!_]*.yaml"):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stem == "diffkd" or data.get("arxiv") == "2305.15712" or "Knowledge Diffusion" in data["title"]:
+            path.unlink()
     return root
 
 
@@ -84,6 +89,21 @@ def contribution(tmp_path):
     (root / "papers" / "diffkd.yaml").write_text(DIFFKD.format(section=sections[-1]), encoding="utf-8")
     add_a_second_section(root, sections)
     return root
+
+
+def test_the_documented_offline_path(tmp_path, capsys):
+    """`new --offline ID` writes a template that `check` refuses until every TODO is replaced."""
+    root = copy_repo(tmp_path)
+    assert cli.main(["new", "--offline", "diffkd", "--root", str(root)]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", "--root", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(line.startswith("papers/diffkd.yaml:") and "TODO" in line for line in out), out
+    template = yaml.safe_load((root / "papers" / "diffkd.yaml").read_text(encoding="utf-8"))
+    finished = yaml.safe_load(DIFFKD.format(section=section_ids(root)[-1]))
+    assert set(template) <= set(finished)
+    (root / "papers" / "diffkd.yaml").write_text(DIFFKD.format(section=section_ids(root)[-1]), encoding="utf-8")
+    assert cli.main(["check", "--root", str(root)]) == 0
 
 
 def test_a_new_paper_and_a_second_section_pass_check_and_build(contribution, capsys):

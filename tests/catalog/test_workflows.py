@@ -121,3 +121,21 @@ def test_readme_summary_shows_a_fenced_diff_and_cuts_long_ones(tmp_path):
     cut = subprocess.run([script, "5"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert len(cut.split("`````diff\n", 1)[1].split("`````\n", 1)[0].splitlines()) == 5
     assert "Only the first 5 of" in cut
+
+
+DOCS = [REPO / ".github" / "CONTRIBUTING.md", REPO / "templates" / "README.md.j2"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[path.name for path in DOCS])
+def test_documented_catalog_commands_exist(path):
+    """Every `python -m catalog ...` that the contributor documentation shows parses with the real CLI."""
+    parser = cli.build_parser()
+    text = path.read_text(encoding="utf-8")
+    found = re.findall(r"python -m catalog [^`#\n|&]*", text)
+    assert found
+    for command in found:
+        argv = [word for word in shlex.split(command)[3:] if word not in ("...",)]
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{path.name}: {command}: unknown command or option")
