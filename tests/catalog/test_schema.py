@@ -35,12 +35,15 @@ def test_fixture_papers_validate_against_the_schema():
         validator.validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def test_data_files_point_to_their_schema():
-    papers = REPO / "papers"
-    for path in sorted(papers.glob("*.yaml")):
-        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
-        name = "sections" if path.name == "_sections.yaml" else "paper"
-        assert first == f"# yaml-language-server: $schema=../catalog/schema/{name}.schema.json", path.name
+def test_written_paper_files_point_to_their_schema():
+    """Editors with the YAML language server validate the files that `new` and `import-markdown` write."""
+    from catalog.writer import paper_to_yaml
+
+    data = {"title": "T", "authors": ["A B"], "venue": "CVPR", "year": 2022, "sections": ["x"],
+            "description": "D.", "links": [{"kind": "arxiv", "url": "https://arxiv.org/abs/2201.00001"}]}
+    first = paper_to_yaml(data).split("\n", 1)[0]
+    assert first == "# yaml-language-server: $schema=../catalog/schema/paper.schema.json"
+    assert (SCHEMAS / "paper.schema.json").is_file()
 
 
 SUBSET = """\
@@ -80,3 +83,21 @@ def test_schema_problems_name_the_field_and_line():
     messages = [str(p) for p in loader.schema_problems(doc, "paper")]
     assert "papers/x.yaml:2: titel: unknown field; did you mean 'title'?" in messages
     assert any(m.startswith("papers/x.yaml:2: authors: missing required field") for m in messages)
+
+
+def test_venue_vocabulary():
+    """Canonical labels, each with a BibTeX type; every venue of the seed list is one of them."""
+    from catalog.importer import import_markdown
+    from catalog.validate import venues
+
+    vocabulary = venues()
+    for label in ("CVPR", "ICCV", "ECCV", "NeurIPS", "ICLR", "ICML", "AAAI", "IJCAI", "WACV", "BMVC", "TPAMI",
+                  "IJCV", "TIP", "TNNLS", "arXiv", "ACM MM", "PR"):
+        assert label in vocabulary, label
+    assert len({label.casefold() for label in vocabulary}) == len(vocabulary)  # one spelling per venue
+    for label, entry in vocabulary.items():
+        assert entry["type"] in ("inproceedings", "article", "misc"), label
+    fixtures = HERE / "fixtures" / "import"
+    seed = import_markdown((fixtures / "seed-README.md").read_text(encoding="utf-8"), "seed-README.md",
+                           yaml.safe_load((fixtures / "sections.yaml").read_text(encoding="utf-8")))
+    assert {paper["venue"] for paper in seed.papers.values()} <= set(vocabulary)
