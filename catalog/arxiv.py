@@ -165,11 +165,14 @@ def fetch_records(ids, *, policy: Policy | None = None, batch: int = 50, pause: 
     found: dict[str, ArxivRecord] = {}
     todo = []
     for arxiv_id in dict.fromkeys(ids):
-        record = _cached_record(cache.get(arxiv_id)) if cache is not None else None
+        cached = cache.get(arxiv_id) if cache is not None else None
+        record = _cached_record(cached)
         if record is not None:
             found[arxiv_id] = record
-        else:
-            todo.append(arxiv_id)
+            continue
+        if cached is not None:
+            cache.warn(f"arXiv {arxiv_id}: malformed cache record; asking arXiv again")
+        todo.append(arxiv_id)
     for start in range(0, len(todo), batch):
         if start and pause:
             time.sleep(pause)

@@ -425,10 +425,15 @@ class JsonCache:
             return {}
         now = self.clock()
         entries = {}
+        malformed = 0
         for key, record in data["entries"].items():
             checked = record.get("checked_at") if isinstance(record, dict) else None
-            if isinstance(checked, (int, float)) and not isinstance(checked, bool) and now - checked < self.ttl:
+            if not isinstance(checked, (int, float)) or isinstance(checked, bool):
+                malformed += 1
+            elif now - checked < self.ttl:
                 entries[key] = record
+        if malformed:
+            self.warn(f"{path}: dropped {malformed} malformed cache record(s)")
         return entries
 
     def get(self, key: str) -> dict | None:

@@ -135,9 +135,12 @@ class LinkChecker:
     # -- one URL ---------------------------------------------------------------------------------
     def check_one(self, url: str, throttle: Throttle, deadline: Deadline) -> LinkResult:
         if self.cache is not None:
-            record = _cached_result(url, self.cache.get(url))
-            if record is not None:
-                return record
+            record = self.cache.get(url)
+            cached = _cached_result(url, record)
+            if cached is not None:
+                return cached
+            if record is not None and record.get("status") in ("ok", "redirected"):
+                self.cache.warn(f"{url}: malformed cache record; checking it again")
         result = self._check_uncached(url, throttle, deadline)
         if self.cache is not None and result.status in ("ok", "redirected"):
             fields = ("status", "http_status", "final_url", "suggested_url")

@@ -258,13 +258,16 @@ def read_regular_file(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> b
     (``/dev/zero``) behind a name or a symlink is refused instead of hanging or filling memory.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb", closefd=True) as handle:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise UnreadableFile("is a folder, expected a file")
         if not stat.S_ISREG(mode):
             raise UnreadableFile("is not a regular file (a FIFO, socket or device?)")
-        data = handle.read(limit + 1)
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise UnreadableFile(f"is larger than {limit:,} bytes")
     return data
@@ -361,7 +364,25 @@ def schema_problems(doc: Document, name: str) -> list[Problem]:
     problems = []
     for error in validator(name).iter_errors(doc.data):
         problems.extend(_explain(doc, error))
+    if problems:  # the data rules will not run: name every placeholder now, so that all are listed at once
+        reported = {(problem.line, problem.field) for problem in problems}
+        for where, value in _strings(doc.data, ()):
+            problem = doc.problem(where, PLACEHOLDER_MESSAGE)
+            if PLACEHOLDER_RE.match(value) and (problem.line, problem.field) not in reported:
+                problems.append(problem)
     return problems
+
+
+def _strings(value, where: tuple):
+    """``(where, text)`` for every string in a parsed document."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, where + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, where + (index,))
 
 
 def _explain(doc: Document, error) -> list[Problem]:
@@ -381,13 +402,13 @@ def _explain(doc: Document, error) -> list[Problem]:
             for key in value
             if key not in allowed
         ]
+    if kind in ("pattern", "enum", "type") and isinstance(value, str) and PLACEHOLDER_RE.match(value):
+        return [doc.problem(where, PLACEHOLDER_MESSAGE)]
     if kind == "type":
         expected = error.validator_value
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))
         hint = "; put it in quotes" if expected == "string" and isinstance(value, (int, float, datetime.date)) else ""
         return [doc.problem(where, f"expected {words}, got {describe(value)}{hint}")]
-    if kind in ("pattern", "enum") and isinstance(value, str) and PLACEHOLDER_RE.match(value):
-        return [doc.problem(where, PLACEHOLDER_MESSAGE)]
     if kind == "enum":
         choices = [str(choice) for choice in error.validator_value]
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""

@@ -2,8 +2,11 @@
 
 Routes map a path to one :class:`Reply` or a list of them (served in order, the last one repeated), so a
 test can script "500, then 200". A reply sets the status, headers, body, a delay before answering, or a
-connection reset (RST, no answer). ``head=`` gives a different reply to HEAD. Every request is logged
-(method, path, query, monotonic time) for assertions::
+connection reset (RST, no answer). ``head=`` gives a different reply to HEAD. Hostile answers: ``trickle``
+sends the headers or the body one byte at a time, ``endless`` sends a body that never ends, and
+:func:`gzip_bomb` makes a small gzip body that inflates to many megabytes. The server also answers
+requests sent to it as a proxy (absolute URLs), so a test can make ``http://example.com/x`` reach it.
+Every request is logged (method, path, query, monotonic time) for assertions::
 
     with ScriptedServer({"/ok": Reply(200), "/flaky": [Reply(500), Reply(200)]}) as server:
         requests.get(server.url("/flaky"))
@@ -11,6 +14,8 @@ connection reset (RST, no answer). ``head=`` gives a different reply to HEAD. Ev
 
 from __future__ import annotations
 
+import gzip
+import io
 import socket
 import struct
 import threading
@@ -28,6 +33,19 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering
     reset: bool = False  # close the connection with a TCP RST instead of answering
     head: "Reply | None" = None  # the answer to HEAD, if different
+    trickle: float = 0.0  # seconds between two bytes of the answer (see trickle_headers)
+    trickle_headers: bool = False  # trickle the status line and headers too, not only the body
+    endless: bool = False  # a body without Content-Length that never ends
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes (about a thousandth of that on the wire)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as stream:
+        chunk = bytes(1 << 20)
+        for _ in range(size // len(chunk)):
+            stream.write(chunk)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -64,15 +82,42 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
         try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
+            if reply.trickle_headers:
+                self._trickle_headers(reply, body)
+            else:
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if not reply.endless:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+            if self.command == "HEAD":
+                return
+            if reply.endless:
+                self.close_connection = True
+                chunk = body or b"x" * 65536
+                while not self.server.owner.stopping:
+                    self.wfile.write(chunk)
+            elif reply.trickle:
+                for index in range(len(body)):
+                    if self.server.owner.stopping:
+                        break
+                    self.wfile.write(body[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle)
+            else:
                 self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):  # the client gave up
             self.close_connection = True
+
+    def _trickle_headers(self, reply: Reply, body: bytes) -> None:
+        lines = [f"HTTP/1.1 {reply.status} Scripted"] + [f"{k}: {v}" for k, v in reply.headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        for index in range(len(head)):
+            self.wfile.write(head[index:index + 1])
+            self.wfile.flush()
+            time.sleep(reply.trickle)
 
     do_GET = do_HEAD = do_POST = _serve
 
@@ -91,6 +136,7 @@ class ScriptedServer:
         self.routes: dict[str, list[Reply]] = {}
         self._served: dict[str, int] = {}
         self.log: list[Logged] = []
+        self.stopping = False
         self._lock = threading.Lock()
         self._httpd = _Server((host, 0), _Handler)
         self._httpd.owner = self
@@ -132,6 +178,7 @@ class ScriptedServer:
         return self
 
     def stop(self) -> None:
+        self.stopping = True
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:

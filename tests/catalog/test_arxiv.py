@@ -35,14 +35,6 @@ ERROR_FEED = """<?xml version="1.0" encoding="UTF-8"?>
 MGD_AUTHORS = ["Zhendong Yang", "Zhe Li", "Mingqi Shao", "Dachuan Shi", "Zehuan Yuan", "Chun Yuan"]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    """Requests to 127.0.0.1 must never be sent through a proxy named in the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def api(monkeypatch):
     with ScriptedServer() as server:
@@ -228,10 +220,10 @@ def test_new_reports_api_errors(api, tmp_path, capsys):
 
 
 def test_new_stub_is_rejected_by_check_until_completed(api, tmp_path):
-    repo = Path(__file__).resolve().parents[2]
+    sections = Path(__file__).parent / "fixtures" / "import" / "sections.yaml"  # has a "general" section
     api.route("/api/query", Reply(200, body=KD_FEED))
     (tmp_path / "papers").mkdir()
-    (tmp_path / "papers" / "_sections.yaml").write_text((repo / "papers" / "_sections.yaml").read_text())
+    (tmp_path / "papers" / "_sections.yaml").write_text(sections.read_text())
     assert new_command.run(new_args(tmp_path, "2205.01529", "--id", "mgd")) == 0
     _catalog, problems = load_catalog(tmp_path)
     assert any(str(p).startswith("papers/mgd.yaml:") and "sections" in str(p) for p in problems), problems

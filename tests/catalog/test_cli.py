@@ -2,36 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from catalog import cli
-
-HERE = Path(__file__).parent
-FIXTURE = HERE / "fixtures" / "core" / "repo"
-REPO = HERE.parents[1]
-TOY = '__all__ = ["toy_loss", "ToyLoss"]\n\n\ndef toy_loss(student, teacher):\n    return 0\n\n\nclass ToyLoss:\n    pass\n'
-
-
-def make_repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    shutil.copytree(FIXTURE, root)
-    shutil.copytree(REPO / "templates", root / "templates")
-    (root / "kdimpl" / "losses").mkdir(parents=True)
-    (root / "kdimpl" / "losses" / "toy.py").write_text(TOY, encoding="utf-8")
-    return root
-
-
-def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "catalog", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+from tests.catalog.repo import make_repo, run_module
 
 
 def test_build_then_check_exit_zero(tmp_path):

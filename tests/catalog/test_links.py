@@ -30,14 +30,6 @@ from tests.catalog.httpserver import Reply, ScriptedServer
 BLOCKING = {"localhost": frozenset({401, 403, 418, 429})}
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    """Requests to 127.0.0.1 must never be sent through a proxy named in the environment."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 def fast_policy(**kw) -> Policy:
     values = dict(timeout=0.3, retries=2, backoff=0.01, max_retry_after=0.3, host_backoff=0.05,
                   max_host_backoff=0.2, host_concurrency=4)
