@@ -539,7 +539,9 @@ def with_yaml_hint(problem: Problem, raw: bytes) -> Problem:
     if "\t" in line[: len(line) - len(line.lstrip())] or "tab" in problem.message:
         hint = "indent with spaces, not tabs"
     elif "mapping values are not allowed" in problem.message and ": " in value:
-        hint = f"a value that contains ': ' must be quoted: {line.split(': ', 1)[0].strip()}: \"{value.strip()}\""
+        value = value.strip()
+        quoted = f'"{value}"' if '"' not in value else "'" + value.replace("'", "''") + "'"
+        hint = f"a value that contains ': ' must be quoted: {line.split(': ', 1)[0].strip()}: {quoted}"
     elif _QUOTED_VALUE.match(line):
         hint = "a quoted value must end with the quote it starts with; write a ' inside '...' as ''"
     else:
@@ -575,7 +577,10 @@ def validate_root(root: Path) -> Result:
         problems.append(Problem(sections_rel, 1, FILE_FIELD, "missing: the section tree is required"))
     else:
         sections_doc = read_document(root, sections_rel)
-        problems.extend(sections_doc.problems)
+        if sections_doc.problems:
+            raw = read_bytes(root, sections_rel)
+            raw = raw if isinstance(raw, bytes) else b""
+            problems.extend(with_yaml_hint(problem, raw) for problem in sections_doc.problems)
         if not sections_doc.problems:
             schema_errors = schema_problems(sections_doc, "sections")
             problems.extend(schema_errors)

@@ -653,3 +653,12 @@ def test_kdimpl_exports_registered_by_decorator(tmp_path):
     paper = BASE + "implementations:\n  - name: RegLoss\n    verification: paper\n  - name: reg_loss\n    verification: paper\n"
     (root / "papers" / "x.yaml").write_text(paper, encoding="utf-8")
     assert validate_root(root).problems == []
+
+
+def test_yaml_hints_in_the_sections_file(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "papers" / "_sections.yaml").write_text("- id: general\n  title: General: Detectors\n", encoding="utf-8")
+    assert [str(problem) for problem in validate_root(root).problems][0] == (
+        "papers/_sections.yaml:2: yaml: invalid YAML: mapping values are not allowed in this context; "
+        'a value that contains \': \' must be quoted: title: "General: Detectors"'
+    )
