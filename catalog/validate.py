@@ -482,27 +482,30 @@ def duplicate_problems(docs: list[Document], readme: str = "") -> list[Problem]:
                 return True
         return False
 
-    seen: dict[tuple, Document] = {}
-    pairs: dict[tuple[str, str], list] = {}  # (newer path, older path) -> [(what, where in newer, where in older)]
-    docs_by_path = {doc.path: doc for doc in docs}
+    first: dict[tuple, Document] = {}
+    identities: dict[str, dict[tuple, tuple]] = {}
+    pairs: dict[tuple, list] = {}  # (newer path, older path) -> [(identity, where in newer, where in older)]
+    by_path = {doc.path: doc for doc in docs}
     for doc in sorted(docs, key=lambda doc: doc.path):
-        found = _identities(doc)
-        for identity, where in found.items():
-            other = seen.setdefault(identity, doc)
+        identities[doc.path] = _identities(doc)
+        for identity, where in identities[doc.path].items():
+            other = first.setdefault(identity, doc)
             if other is doc:
                 continue
-            newer, older = (other, doc) if listed(doc) and not listed(other) else (doc, other)
-            older_where = _identities(older)[identity]
-            newer_where = where if newer is doc else older_where
-            older_where = older_where if newer is doc else where
-            pairs.setdefault((newer.path, older.path), []).append((identity, newer_where, older_where))
+            other_where = identities[other.path][identity]
+            if listed(doc) and not listed(other):
+                pairs.setdefault((other.path, doc.path), []).append((identity, other_where, where))
+            else:
+                pairs.setdefault((doc.path, other.path), []).append((identity, where, other_where))
     problems: list[Problem] = []
     for (newer_path, older_path), matches in pairs.items():
-        newer, older = docs_by_path[newer_path], docs_by_path[older_path]
+        newer, older = by_path[newer_path], by_path[older_path]
         parts = [f"{kind} {value}" if kind in ("arXiv id", "DOI") else f"paper {kind}" for (kind, value), _, _ in matches]
         what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
         if listed(older) and not listed(newer):
             why = f"{older_path} is already in README.md"
+        elif listed(older):
+            why = "README.md cannot tell the two files apart and this file's name sorts later"
         else:
             why = "neither file is in README.md yet and this file's name sorts later"
         problems.append(

@@ -662,3 +662,19 @@ def test_yaml_hints_in_the_sections_file(tmp_path):
         "papers/_sections.yaml:2: yaml: invalid YAML: mapping values are not allowed in this context; "
         'a value that contains \': \' must be quoted: title: "General: Detectors"'
     )
+
+
+def test_an_exact_copy_is_reported_on_the_name_that_sorts_later(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "README.md").write_text(
+        "\\[[CVF](https://openaccess.thecvf.com/content/test.html)\\]\n\\[[arXiv](https://arxiv.org/abs/2201.99999)\\]\n",
+        encoding="utf-8",
+    )
+    (root / "papers" / "x.yaml").write_text(BASE, encoding="utf-8")
+    (root / "papers" / "a-copy.yaml").write_text(BASE, encoding="utf-8")
+    problems = [str(problem) for problem in validate_root(root).problems]
+    assert len(problems) == 2
+    assert problems[1].startswith("papers/x.yaml:9: arxiv: same paper as papers/a-copy.yaml")
+    assert problems[1].endswith("(reported here because README.md cannot tell the two files apart and this file's "
+                                "name sorts later)")
+    assert problems[0].startswith("papers/a-copy.yaml:9: arxiv: papers/x.yaml repeats this paper")
