@@ -13,7 +13,9 @@ class FRSAdapter(nn.Module):
     """Per-level 3x3 convolutions mapping student FPN features to the teacher's (FRS, Du et al. 2021).
 
     The official ``ADAP`` neck (duzhixing/FRS@decd60c, ``neck/adap.py``) applies an independent
-    ``Conv2d(C_s, C_t, 3, padding=1)`` to each level, without activation by default.
+    ``Conv2d(C_s, C_t, 3, padding=1)`` to each level, without activation by default. To keep each
+    level's convolution with its loss instead, build ``kdimpl.FRSFeatureLoss(student_channels=C_s,
+    teacher_channels=C_t)`` per level inside :class:`kdimpl.MultiLevelLoss`.
 
     Args:
         student_channels: channels of the student features.

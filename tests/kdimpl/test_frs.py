@@ -8,7 +8,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl import FRSClsLoss, feature_richness, frs_cls_loss, frs_feature_loss
+from kdimpl import (
+    FRSClsLoss,
+    FRSFeatureLoss,
+    MultiLevelLoss,
+    frs_cls_loss,
+    frs_feature_loss,
+    frs_feature_richness,
+    multilevel_loss,
+)
 from kdimpl.adapters.frs import FRSAdapter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frs"
@@ -16,7 +24,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "frs"
 
 def test_richness_is_max_class_probability():
     logits = torch.tensor([[[[0.0]], [[2.0]], [[-1.0]]]])  # (1, 3, 1, 1)
-    torch.testing.assert_close(feature_richness(logits), torch.sigmoid(torch.tensor([[[2.0]]])))
+    torch.testing.assert_close(frs_feature_richness(logits), torch.sigmoid(torch.tensor([[[2.0]]])))
 
 
 def test_feature_loss_by_hand():
@@ -60,8 +68,8 @@ def test_parity_with_official_forward_train():
     fx = torch.load(FIXTURES / "frs_official.pt")
     students = [s.clone().requires_grad_(True) for s in fx["student"]]
     s_logits = [s.clone().requires_grad_(True) for s in fx["student_logits"]]
-    feat = sum(frs_feature_loss(s, t, z) for s, t, z in zip(students, fx["teacher"], fx["teacher_logits"]))
-    cls = sum(FRSClsLoss()(s, t) for s, t in zip(s_logits, fx["teacher_logits"]))
+    feat = multilevel_loss(frs_feature_loss, students, fx["teacher"], fx["teacher_logits"])
+    cls = MultiLevelLoss(FRSClsLoss())(s_logits, fx["teacher_logits"])
     torch.testing.assert_close(feat, fx["feat_loss"], rtol=1e-5, atol=0)
     torch.testing.assert_close(cls, fx["cls_loss"], rtol=1e-5, atol=0)
     (feat + cls).backward()
@@ -69,3 +77,61 @@ def test_parity_with_official_forward_train():
         torch.testing.assert_close(ours.grad, theirs, rtol=1e-5, atol=1e-7)
     for ours, theirs in zip(s_logits, fx["grad_student_logits"]):
         torch.testing.assert_close(ours.grad, theirs, rtol=1e-5, atol=1e-7)
+
+
+def _levels(seed=0, sizes=((8, 12), (4, 6), (2, 3)), channels=4, classes=5):
+    gen = torch.Generator().manual_seed(seed)
+    students = [torch.randn(2, channels, h, w, generator=gen) for h, w in sizes]
+    teachers = [torch.randn(2, channels, h, w, generator=gen) for h, w in sizes]
+    logits = [torch.randn(2, classes, h, w, generator=gen) for h, w in sizes]
+    return students, teachers, logits
+
+
+def test_three_levels_in_one_line_with_per_level_teacher_logits():
+    students, teachers, logits = _levels()
+    expected = sum(frs_feature_loss(s, t, z) for s, t, z in zip(students, teachers, logits))
+    torch.testing.assert_close(multilevel_loss(frs_feature_loss, students, teachers, logits), expected)
+    expected_cls = sum(frs_cls_loss(s, t) for s, t in zip(logits, [z.flip(0) for z in logits]))
+    torch.testing.assert_close(MultiLevelLoss(FRSClsLoss())(logits, [z.flip(0) for z in logits]), expected_cls)
+
+
+def test_per_level_adapters_are_owned_by_the_multilevel_loss():
+    students, teachers, logits = _levels(channels=3)
+    teachers = [torch.cat([t, t[:, :1]], 1) for t in teachers]  # 4 teacher channels
+    criterion = MultiLevelLoss([FRSFeatureLoss(student_channels=3, teacher_channels=4) for _ in students])
+    adapters = [loss.adapter_student for loss in criterion.losses]
+    params = {id(p) for p in criterion.parameters()}
+    assert all(id(p) in params for a in adapters for p in a.parameters()) and len(params) == 2 * len(students)
+    students = [s.requires_grad_(True) for s in students]
+    total = criterion(students, teachers, logits)
+    expected = sum(frs_feature_loss(a(s), t, z) for a, s, t, z in zip(adapters, students, teachers, logits))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(a.weight.grad is not None for a in adapters)
+    with pytest.raises(ValueError, match="either"):
+        FRSFeatureLoss(student_channels=3, adapter_student=torch.nn.Identity())
+
+
+def test_integer_logits_are_refused_and_nan_gives_nan():
+    s, t, z = (x[0] for x in _levels())
+    with pytest.raises(TypeError, match="floating"):
+        frs_feature_loss(s, t, z.long())
+    with pytest.raises(TypeError, match="floating"):
+        frs_cls_loss(z.long(), z.long())
+    with pytest.raises(TypeError, match="floating"):
+        frs_feature_richness(z.int())
+    z_nan = z.clone()
+    z_nan[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(frs_feature_loss(s, t, z_nan)) and torch.isnan(frs_cls_loss(z, z_nan))
+    t_nan = t.clone()
+    t_nan[1, 2, 3, 4] = float("nan")
+    assert torch.isnan(frs_feature_loss(s, t_nan, z))
+
+
+def test_empty_batch_gives_a_connected_zero():
+    s = torch.randn(0, 4, 5, 6, requires_grad=True)
+    z = torch.randn(0, 3, 5, 6, requires_grad=True)
+    for loss, x in ((frs_feature_loss(s, torch.randn(0, 4, 5, 6), z.detach()), s), (frs_cls_loss(z, z.detach()), z)):
+        assert loss.item() == 0.0
+        (grad,) = torch.autograd.grad(loss, x)
+        assert grad.shape == x.shape and not grad.any()

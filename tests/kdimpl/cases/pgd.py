@@ -8,6 +8,10 @@ _IMAGE = (96, 160)
 
 
 def _maps(generator, device, dtype, batch, height, width, num_boxes):
+    """Key-region and background maps of one level from random boxes (zeros for an empty batch)."""
+    if batch == 0:
+        empty = torch.zeros(0, height, width, device=device, dtype=dtype)
+        return empty, empty
     boxes = [random_boxes(generator, num_boxes, _IMAGE, device) for _ in range(batch)]
     inside = foreground_mask(boxes, _IMAGE, (height, width))
     fg = inside * torch.rand(batch, height, width, generator=generator).to(device)
