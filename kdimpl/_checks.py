@@ -252,3 +252,22 @@ def check_background_index(background_index: int, num_classes: int) -> int:
 def check_tensor(x: object, name: str, ndim: int | None = None, dims: str = "") -> None:
     """Legacy form of :func:`check_shape` (rank only); being replaced file by file."""
     check_shape(x, name, dims if dims and ndim is not None else ("*" if ndim is None else " ".join(["D"] * ndim)))
+
+
+def check_modules(*, all_or_none: bool = False, **modules: Any) -> None:
+    """Check the learnable pieces a loss function takes, by name (``adapter_student=...``).
+
+    Each must be a callable module; with ``all_or_none=True`` they may also all be ``None`` (the
+    loss then drops the term they serve), but not some of them.
+    """
+    if _tracing():
+        return
+    missing = [name for name, module in modules.items() if module is None]
+    if all_or_none and len(missing) == len(modules):
+        return
+    if missing:
+        wanted = " and ".join(modules) + (" (or none of them)" if all_or_none else "")
+        raise ValueError(f"{', '.join(missing)} is None: pass {wanted}")
+    for name, module in modules.items():
+        if not callable(module):
+            raise TypeError(f"{name} must be a module (an nn.Module), got {type(module).__name__}")

@@ -7,14 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import _tracing, check_boxes, check_feature_pair, check_positive, check_reduction
+from .._base import LossModule
+from .._checks import check_boxes, check_feature_pair, check_image_size, check_modules, check_options
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
+from ..adapters.fgd import FGDGlobalContext
 from ..attention import channel_attention, spatial_attention
-from ..masks import max_cover_levels, pad_boxes, scale_boxes_to_feature, scale_boxes_to_levels
+from ..masks import max_cover, pad_boxes, scale_boxes_to_feature
 
-__all__ = ["FGDLoss", "fgd_cell_bounds", "fgd_loss", "fgd_masks", "fgd_multilevel_masks"]
+__all__ = ["fgd_cell_bounds", "fgd_masks"]
 
 
 def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_size: Sequence[int]) -> Tensor:
@@ -26,44 +28,8 @@ def fgd_cell_bounds(boxes: Tensor, image_size: Sequence[int] | Tensor, feature_s
     (which clips) but counts the area ``(y1 - y0 + 1)(x1 - x0 + 1)`` from the unclipped bounds,
     so a box touching the right/bottom border counts one cell more than it covers.
     """
-    return _cell_bounds(scale_boxes_to_feature(boxes, image_size, feature_size))
-
-
-def _cell_bounds(scaled: Tensor) -> Tensor:
+    scaled = scale_boxes_to_feature(boxes, image_size, feature_size)
     return torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
-
-
-def fgd_multilevel_masks(
-    gt_boxes: Sequence[Tensor] | Tensor,
-    image_size: Sequence[int] | Tensor,
-    feature_sizes: Sequence[Sequence[int]],
-    valid: Tensor | None = None,
-) -> list[tuple[Tensor, Tensor]]:
-    """:func:`fgd_masks` for every level at once: ``[(fg, bg)]``, one ``(N, H_l, W_l)`` pair per level.
-
-    All levels are built by one set of tensor operations (:func:`kdimpl.masks.max_cover_levels`)
-    instead of one per level, which is what makes mask building cheap next to the official
-    per-box loops. Pass each pair to :func:`fgd_loss` as ``masks``.
-
-    Example:
-        >>> import torch
-        >>> boxes = [torch.tensor([[10.0, 20.0, 60.0, 50.0]]), torch.zeros(0, 4)]
-        >>> [fg.shape for fg, bg in fgd_multilevel_masks(boxes, (80, 112), [(10, 14), (5, 7)])]
-        [torch.Size([2, 10, 14]), torch.Size([2, 5, 7])]
-    """
-    boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
-    boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
-    bounds = _cell_bounds(scale_boxes_to_levels(boxes, image_size, feature_sizes))  # fgd_cell_bounds, (L, N, M, 4)
-    x0, y0, x1, y1 = bounds.unbind(dim=-1)
-    # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
-    weight = (y1 - y0 + 1).clamp(min=1).reciprocal() / (x1 - x0 + 1).clamp(min=1)
-    fg = max_cover_levels(bounds, valid, weight, feature_sizes)
-    bg = []
-    for level in fg:
-        background = torch.eq(level, 0, out=torch.empty_like(level))  # 1.0 / 0.0 without a bool copy
-        bg.append(background.div_(background.sum(dim=(1, 2), keepdim=True).clamp_(min=1)))
-    return list(zip(fg, bg))
 
 
 def fgd_masks(
@@ -85,40 +51,51 @@ def fgd_masks(
 
     Args:
         gt_boxes: per-image ``(M_i, 4)`` xyxy pixel boxes, or a padded ``(N, M, 4)`` tensor.
-        image_size: ``(height, width)`` of the image the boxes refer to, or an ``(N, 2)`` tensor.
-            The official code passes mmdet's unpadded ``img_shape`` while the feature map covers
-            the padded batch; pass ``img_shape`` for parity, ``pad_shape`` for exact geometry.
+        image_size: ``(height, width)`` of the input tensor the boxes refer to, or an ``(N, 2)`` tensor.
         feature_size: ``(H, W)`` of the feature map.
         valid: optional ``(N, M)`` mask of real boxes for a padded tensor.
 
+    Example:
+        >>> import torch
+        >>> fg, bg = fgd_masks([torch.tensor([[10.0, 20.0, 60.0, 50.0]]), torch.zeros(0, 4)], (80, 112), (10, 14))
+        >>> fg.shape, round(float(bg[1].sum()), 6)
+        (torch.Size([2, 10, 14]), 1.0)
+
     Notes:
         Boxes are rasterised with :func:`fgd_cell_bounds` (see there for the area quirk) by
-        :func:`kdimpl.masks.max_cover_levels`, never materialising ``(N, M, H, W)``. Two
-        deliberate departures from the official per-box slicing, both only for boxes reaching
-        outside the image: a negative start index is clipped to 0 (the official slice wraps
-        around to the far end of the map), and inverted boxes cover nothing. For several
-        levels, :func:`fgd_multilevel_masks` builds them all at once.
+        :func:`kdimpl.masks.max_cover`. One deliberate departure from the official per-box
+        slicing, only for boxes reaching outside the image: a negative start index is clipped
+        to 0 (the official slice wraps around to the far end of the map).
     """
-    return fgd_multilevel_masks(gt_boxes, image_size, [feature_size], valid)[0]
+    boxes, valid = pad_boxes(gt_boxes, valid)
+    check_boxes(boxes, boxes.shape[0])
+    boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
+    bounds = fgd_cell_bounds(boxes, image_size, feature_size)
+    x0, y0, x1, y1 = bounds.unbind(dim=-1)
+    # 1 / rows / cols in this order (not 1 / area) reproduces the official float32 values bit for bit.
+    weight = 1.0 / (y1 - y0 + 1) / (x1 - x0 + 1)
+    fg = max_cover(bounds, valid, weight, feature_size)
+    background = (fg == 0).to(fg.dtype)
+    bg = background / background.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+    return fg, bg
 
 
 def fgd_loss(
     student: Tensor,
     teacher: Tensor,
-    gt_boxes: Sequence[Tensor] | Tensor | None,
-    image_size: Sequence[int] | Tensor | None,
+    gt_boxes: Sequence[Tensor] | Tensor,
+    image_size: Sequence[int] | Tensor,
     *,
-    masks: tuple[Tensor, Tensor] | None = None,
     global_student: nn.Module | None = None,
     global_teacher: nn.Module | None = None,
     temperature: float = 0.5,
-    alpha: float = 1e-3,
-    beta: float = 5e-4,
-    gamma: float = 1e-3,
-    lambda_: float = 5e-6,
+    fg_weight: float = 1e-3,
+    bg_weight: float = 5e-4,
+    attention_weight: float = 1e-3,
+    global_weight: float = 5e-6,
     reduction: str = "mean",
 ) -> Tensor:
-    r"""Focal and global distillation loss for one feature level (Eq. 6, 7, 8, 10).
+    r"""Focal and global distillation loss for one feature level (Eq. 6, 7, 9, 10).
 
     .. math::
         L_{fea} &= \alpha \sum_{k,i,j} M_{i,j} S_{i,j} A^S_{i,j} A^C_k (F^T_{k,i,j} - F^S_{k,i,j})^2
@@ -134,25 +111,35 @@ def fgd_loss(
         student: student features, already projected to the teacher's channels
             (:class:`kdimpl.ChannelAdapter` is the official ``align`` 1x1 convolution).
         teacher: teacher features of the same shape (detached inside).
-        gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in input pixels (or padded ``(N, M, 4)``).
-        image_size: ``(height, width)`` or an ``(N, 2)`` tensor; see :func:`fgd_masks`.
-        masks: the level's ``(fg, bg)`` from :func:`fgd_multilevel_masks` (or :func:`fgd_masks`),
-            built once for all levels; ``gt_boxes`` and ``image_size`` are then unused (pass ``None``).
-        global_student: the student's global-context block ``R_S``; ``None`` with
+        gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the input tensor (or a padded
+            ``(N, M, 4)`` tensor, every row a box); mapped to this level by ``image_size`` and the
+            feature map's size.
+        image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor. The official
+            code passes mmdet's unpadded ``img_shape`` while the feature map covers the padded
+            batch: pass ``img_shape`` for parity with it, the padded size for exact geometry.
+        global_student: the student's global-context block :math:`\mathcal{R}_S`; ``None`` with
             ``global_teacher=None`` drops the global term.
-        global_teacher: the teacher's block ``R_T`` (applied to the detached teacher, so its
-            parameters still train, as in the official code).
+        global_teacher: the teacher's block :math:`\mathcal{R}_T` (applied to the detached
+            teacher, so its parameters still train, as in the official code).
         temperature: ``T`` of the attentions (0.5 in most configs, 0.8 for FCOS). Default 0.5.
-        alpha, beta, gamma, lambda_: weights of the foreground, background, attention and global
-            terms. Defaults are the official class defaults (1e-3, 5e-4, 1e-3, 5e-6); the shipped
-            RetinaNet configs use ``gamma=5e-4``, the Faster R-CNN ones (5e-5, 2.5e-5, 5e-5, 5e-7).
-        reduction: ``'none'``: the ``(N,)`` weighted loss per image; ``'sum'``: its sum;
-            ``'mean'``: the sum divided by the batch size ``N``, which is the official
-            normalisation (the paper's equations omit it).
+        fg_weight: :math:`\alpha` in Eq. 6, the foreground feature term. Default 1e-3.
+        bg_weight: :math:`\beta` in Eq. 6, the background feature term. Default 5e-4.
+        attention_weight: :math:`\gamma` in Eq. 7, the attention term. Default 1e-3; the shipped
+            RetinaNet configs use 5e-4.
+        global_weight: :math:`\lambda` in Eq. 9, the global term. Default 5e-6. (The defaults are
+            the official class defaults; the Faster R-CNN configs use 5e-5, 2.5e-5, 5e-5, 5e-7.)
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the per-image
+            losses (sums over channels and cells) divided by the batch size ``N``, as the official
+            code does (the paper's equations are per image); ``'sum'`` sums them; ``'none'``
+            returns the ``(N,)`` per-image losses, whose ``.mean()`` is ``'mean'``. The terms are
+            weighted sums of different sizes, so there is no plain element mean.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
         - output: scalar, or :math:`(N,)` with ``reduction='none'``
+
+    Returns:
+        The loss, in the dtype of ``student``.
 
     Reference:
         Zhendong Yang, Zhe Li, Xiaohu Jiang, Yuan Gong, Zehuan Yuan, Danpei Zhao, Chun Yuan.
@@ -162,12 +149,17 @@ def fgd_loss(
 
     Example:
         >>> import torch
-        >>> from kdimpl.adapters.fgd import FGDGlobalContext
+        >>> from kdimpl import FGDGlobalContext, MultiLevelLoss
         >>> s, t = torch.randn(2, 8, 10, 14), torch.randn(2, 8, 10, 14)
         >>> boxes = [torch.tensor([[10.0, 20.0, 60.0, 50.0]]), torch.zeros(0, 4)]
         >>> loss = fgd_loss(s, t, boxes, (80, 112), global_student=FGDGlobalContext(8),
         ...                 global_teacher=FGDGlobalContext(8))
         >>> loss.shape
+        torch.Size([])
+        >>> # three FPN levels, each with its own global-context blocks; boxes given once
+        >>> criterion = MultiLevelLoss([FGDLoss(channels=8) for _ in range(3)])
+        >>> students = [torch.randn(2, 8, 10 // 2**l, 14 // 2**l) for l in range(3)]
+        >>> criterion(students, [x + 0.1 for x in students], gt_boxes=boxes, image_size=(80, 112)).shape
         torch.Size([])
 
     Notes:
@@ -176,92 +168,68 @@ def fgd_loss(
         before commit c22b81d transposed the mask (``[x-range, y-range]``); this follows the fix.
     """
     check_feature_pair(student, teacher)
-    check_positive(temperature, "temperature")
-    check_reduction(reduction)
-    if not _tracing() and (global_student is None) != (global_teacher is None):
-        raise ValueError("pass both global_student and global_teacher (FGDGlobalContext blocks) or neither")
+    check_options(
+        temperature=temperature,
+        fg_weight=fg_weight,
+        bg_weight=bg_weight,
+        attention_weight=attention_weight,
+        global_weight=global_weight,
+        reduction=reduction,
+    )
+    check_modules(all_or_none=True, global_student=global_student, global_teacher=global_teacher)
     n, _, h, w = student.shape
-    if masks is None:
-        check_boxes(gt_boxes, n)
-        masks = fgd_masks(gt_boxes, image_size, (h, w))
-    elif not _tracing() and any(m.shape != (n, h, w) for m in masks):
-        raise ValueError(
-            f"masks must be (fg, bg) of shape {(n, h, w)} for this level, got {[tuple(m.shape) for m in masks]}"
-        )
+    check_boxes(gt_boxes, n)
+    check_image_size(image_size, n, student)
     s = upcast(student)
     t = upcast(teacher.detach())
-    fg, bg = (m.to(s) for m in masks)
+    fg, bg = (mask.to(s) for mask in fgd_masks(gt_boxes, image_size, (h, w)))
 
     spatial_t, channel_t = spatial_attention(t, temperature), channel_attention(t, temperature)
     spatial_s, channel_s = spatial_attention(s, temperature), channel_attention(s, temperature)
-    # Channel-weighted squared error per position, then the teacher's spatial attention.
+    # sum_k A^C_k (F^T - F^S)^2 per cell, then the teacher's spatial attention
     error = torch.einsum("nchw,nc->nhw", (s - t).square(), channel_t) * spatial_t
-    per_image = alpha * (error * fg).sum(dim=(1, 2)) + beta * (error * bg).sum(dim=(1, 2))
+    feature = fg_weight * (error * fg).sum(dim=(1, 2)) + bg_weight * (error * bg).sum(dim=(1, 2))
     attention = (spatial_s - spatial_t).abs().sum(dim=(1, 2)) + (channel_s - channel_t).abs().sum(dim=1)
-    per_image = per_image + gamma * attention
+    per_image = feature + attention_weight * attention
     if global_student is not None and global_teacher is not None:
         relation = (global_student(s) - global_teacher(t)).square().sum(dim=(1, 2, 3))
-        per_image = per_image + lambda_ * relation
+        per_image = per_image + global_weight * relation
     return reduce_loss(per_image, reduction).to(student.dtype)
 
 
 @register_loss("fgd", function=fgd_loss)
-class FGDLoss(nn.Module):
+class FGDLoss(LossModule):
     """Module twin of :func:`fgd_loss`; ``loss_weight`` multiplies the result.
 
-    The global-context blocks are not owned by the loss: build two
-    :class:`kdimpl.FGDGlobalContext` (student, teacher) per level, add them to the optimiser and
-    pass them to ``forward``.
+    Args:
+        channels: the teacher's channel count ``C``. Given, the loss owns its two global-context
+            blocks (``global_student``, ``global_teacher``: :class:`kdimpl.FGDGlobalContext`), so the
+            optimiser and ``DistributedDataParallel`` see them through the loss; ``None`` (default)
+            drops the global term unless blocks are passed to ``forward``.
     """
 
     def __init__(
         self,
         *,
+        channels: int | None = None,
         temperature: float = 0.5,
-        alpha: float = 1e-3,
-        beta: float = 5e-4,
-        gamma: float = 1e-3,
-        lambda_: float = 5e-6,
+        fg_weight: float = 1e-3,
+        bg_weight: float = 5e-4,
+        attention_weight: float = 1e-3,
+        global_weight: float = 5e-6,
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__()
-        check_positive(temperature, "temperature")
-        check_reduction(reduction)
-        self.temperature = temperature
-        self.alpha, self.beta, self.gamma, self.lambda_ = alpha, beta, gamma, lambda_
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        gt_boxes: Sequence[Tensor] | Tensor | None,
-        image_size: Sequence[int] | Tensor | None,
-        *,
-        masks: tuple[Tensor, Tensor] | None = None,
-        global_student: nn.Module | None = None,
-        global_teacher: nn.Module | None = None,
-    ) -> Tensor:
-        return self.loss_weight * fgd_loss(
-            student,
-            teacher,
-            gt_boxes,
-            image_size,
-            masks=masks,
-            global_student=global_student,
-            global_teacher=global_teacher,
-            temperature=self.temperature,
-            alpha=self.alpha,
-            beta=self.beta,
-            gamma=self.gamma,
-            lambda_=self.lambda_,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
-            f"lambda_={self.lambda_}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        blocks = {}
+        if channels is not None:
+            blocks = {"global_student": FGDGlobalContext(channels), "global_teacher": FGDGlobalContext(channels)}
+        super().__init__(
+            **blocks,
+            temperature=temperature,
+            fg_weight=fg_weight,
+            bg_weight=bg_weight,
+            attention_weight=attention_weight,
+            global_weight=global_weight,
+            reduction=reduction,
+            loss_weight=loss_weight,
         )

@@ -10,11 +10,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.fgd import FGDGlobalContext
-from kdimpl.losses.fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks, fgd_multilevel_masks
+from kdimpl import MultiLevelLoss, multilevel_loss
+from kdimpl.losses.fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fgd" / "official_feature_loss.pt"
-TERMS = {"alpha": "term_alpha", "beta": "term_beta", "gamma": "term_gamma", "lambda_": "term_lambda"}
-DEFAULTS = {"alpha": 1e-3, "beta": 5e-4, "gamma": 1e-3, "lambda_": 5e-6}
+# our weight names and the official terms they scale: alpha, beta, gamma, lambda
+TERMS = {
+    "fg_weight": "term_alpha",
+    "bg_weight": "term_beta",
+    "attention_weight": "term_gamma",
+    "global_weight": "term_lambda",
+}
+DEFAULTS = {"fg_weight": 1e-3, "bg_weight": 5e-4, "attention_weight": 1e-3, "global_weight": 5e-6}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +152,7 @@ def naive_fg(gt_boxes, image_hw, feature_hw):
 
 @pytest.mark.parametrize("num_boxes", [1, 11, 12, 40])
 def test_many_overlapping_boxes_match_the_per_box_loop(num_boxes):
-    # More boxes than one matmul chunk (11), nested and duplicated boxes (ties), per-image counts.
+    # Many overlapping, nested and duplicated boxes (ties), a different count per image.
     generator = torch.Generator().manual_seed(num_boxes)
     gt_boxes = []
     for count in (num_boxes, num_boxes // 2):
@@ -166,17 +173,17 @@ def test_all_foreground_leaves_background_empty():
 
 def test_analytic_loss_for_constant_features():
     # Teacher 0, student c: attentions are uniform (A^S = A^C = 1), so per image
-    # L = alpha * C c^2 * sum(fg) + beta * C c^2 * sum(bg) and the attention term is 0.
+    # L = fg_weight * C c^2 * sum(fg) + bg_weight * C c^2 * sum(bg) and the attention term is 0.
     c, channels = 0.5, 3
     student = torch.full((2, channels, 4, 6), c)
     teacher = torch.zeros_like(student)
     boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 20.0, 50.0, 30.0]]), torch.zeros(0, 4)]
-    per_image = fgd_loss(student, teacher, boxes, (40, 60), alpha=2.0, beta=3.0, gamma=7.0, reduction="none")
+    per_image = fgd_loss(student, teacher, boxes, (40, 60), fg_weight=2.0, bg_weight=3.0, attention_weight=7.0, reduction="none")
     # Image 0: two disjoint boxes inside the map, each fg mask sums to 1. Image 1: only background.
     expected = torch.tensor([2.0 * channels * c**2 * 2 + 3.0 * channels * c**2, 3.0 * channels * c**2])
     torch.testing.assert_close(per_image, expected)
     torch.testing.assert_close(
-        fgd_loss(student, teacher, boxes, (40, 60), alpha=2.0, beta=3.0, gamma=7.0), expected.mean()
+        fgd_loss(student, teacher, boxes, (40, 60), fg_weight=2.0, bg_weight=3.0, attention_weight=7.0), expected.mean()
     )
 
 
@@ -185,7 +192,7 @@ def test_global_term_with_identity_blocks_is_the_squared_error():
     generator = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(2, 4, 5, 7, generator=generator), torch.randn(2, 4, 5, 7, generator=generator)
     boxes = [torch.zeros(0, 4)] * 2
-    only_global = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "lambda_": 1.0}
+    only_global = {"fg_weight": 0.0, "bg_weight": 0.0, "attention_weight": 0.0, "global_weight": 1.0}
     loss = fgd_loss(
         student,
         teacher,
@@ -203,7 +210,7 @@ def test_teacher_block_trains_but_teacher_features_get_no_gradient():
     student = torch.randn(2, 4, 5, 7, requires_grad=True)
     teacher = torch.randn(2, 4, 5, 7, requires_grad=True)
     global_student, global_teacher = FGDGlobalContext(4), FGDGlobalContext(4)
-    loss = FGDLoss(lambda_=1.0)(
+    loss = FGDLoss(global_weight=1.0)(
         student,
         teacher,
         [torch.zeros(0, 4)] * 2,
@@ -230,20 +237,120 @@ def test_errors_name_the_argument():
         FGDLoss(temperature=0.0)
 
 
-def test_multilevel_masks_equal_the_per_level_masks_and_feed_the_loss():
+def test_module_owns_its_global_blocks_per_level_and_levels_take_boxes_once():
     g = torch.Generator().manual_seed(5)
-    sizes = [(20, 34), (10, 17), (5, 9), (3, 5), (2, 3)]  # strides 4..64 of a 80x133 image
-    xy = torch.rand(2, 30, 2, generator=g) * torch.tensor([133.0, 80.0])
-    wh = 2 + torch.rand(2, 30, 2, generator=g) ** 2 * torch.tensor([80.0, 50.0])
-    boxes = [torch.cat([xy[0], xy[0] + wh[0]], 1), torch.cat([xy[1, :4], xy[1, :4] + wh[1, :4]], 1)]
-    per_level = [fgd_masks(boxes, (80, 133), size) for size in sizes]
-    for (fg, bg), (fg_one, bg_one) in zip(fgd_multilevel_masks(boxes, (80, 133), sizes), per_level):
-        assert torch.equal(fg, fg_one) and torch.equal(bg, bg_one)
-    s, t = torch.randn(2, 8, 10, 17, generator=g), torch.randn(2, 8, 10, 17, generator=g)
-    torch.testing.assert_close(
-        fgd_loss(s, t, None, None, masks=per_level[1]), fgd_loss(s, t, boxes, (80, 133)), rtol=0, atol=0
+    sizes = [(20, 34), (10, 17), (5, 9)]  # strides 4, 8, 16 of an 80x133 input
+    students = [torch.randn(2, 8, h, w, generator=g, requires_grad=True) for h, w in sizes]
+    teachers = [0.5 * s.detach() + torch.randn(s.shape, generator=g) for s in students]
+    boxes = [torch.tensor([[3.0, 5.0, 60.0, 41.0], [70.0, 10.0, 130.0, 79.0]]), torch.tensor([[0.0, 0.0, 20.0, 12.0]])]
+    criterion = MultiLevelLoss([FGDLoss(channels=8, global_weight=1e-2) for _ in sizes])
+    with torch.no_grad():  # non-identity blocks, different on every level
+        for p in criterion.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    per_block = len(list(FGDGlobalContext(8).parameters()))
+    assert len(list(criterion.parameters())) == 2 * per_block * len(sizes)
+    for level in criterion.losses:
+        assert isinstance(level.global_student, FGDGlobalContext) and isinstance(level.global_teacher, FGDGlobalContext)
+    loss = criterion(students, teachers, gt_boxes=boxes, image_size=(80, 133))
+    expected = sum(
+        fgd_loss(s, t, boxes, (80, 133), global_student=m.global_student, global_teacher=m.global_teacher,
+                 global_weight=1e-2)
+        for s, t, m in zip(students, teachers, criterion.losses)
     )
-    with pytest.raises(ValueError, match=r"masks must be \(fg, bg\) of shape \(2, 10, 17\)"):
-        fgd_loss(s, t, None, None, masks=per_level[0])
-    with pytest.raises(TypeError, match="gt_boxes must be a list of"):
-        fgd_loss(s, t, None, None)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in criterion.parameters())
+    # without blocks the function runs over the levels as well
+    plain = multilevel_loss(fgd_loss, students, teachers, gt_boxes=boxes, image_size=(80, 133))
+    assert plain.dim() == 0 and torch.isfinite(plain)
+
+
+def test_blocks_passed_to_forward_override_the_owned_ones():
+    s, t = torch.randn(2, 4, 5, 7), torch.randn(2, 4, 5, 7)
+    boxes = [torch.zeros(0, 4)] * 2
+    only_global = {"fg_weight": 0.0, "bg_weight": 0.0, "attention_weight": 0.0, "global_weight": 1.0}
+    owned = FGDLoss(channels=4, **only_global)
+    torch.testing.assert_close(owned(s, t, boxes, (40, 56)), (s - t).square().sum() / 2)  # identity at init
+    assert FGDLoss(**only_global)(s, t, boxes, (40, 56)) == 0  # no blocks: no global term
+    zero = torch.nn.Identity()
+    other = FGDLoss(channels=4, **only_global)(s, t, boxes, (40, 56), global_student=zero, global_teacher=lambda x: 0 * x)
+    torch.testing.assert_close(other, s.square().sum() / 2)
+
+
+def _pair(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 5, 7, generator=g), torch.randn(batch, 4, 5, 7, generator=g)
+
+
+@pytest.mark.parametrize(
+    "boxes,image_size,error,match",
+    [
+        ([torch.tensor([[1.0, 2.0, float("nan"), 9.0]]), torch.zeros(0, 4)], (40, 56), ValueError, "non-finite"),
+        ([torch.tensor([[1.0, 2.0, float("inf"), 9.0]]), torch.zeros(0, 4)], (40, 56), ValueError, "non-finite"),
+        ([torch.tensor([[30.0, 2.0, 10.0, 9.0]]), torch.zeros(0, 4)], (40, 56), ValueError, "x2 < x1"),
+        ([torch.tensor([[1.0, 20.0, 10.0, 9.0]]), torch.zeros(0, 4)], (40, 56), ValueError, "y2 < y1"),
+        ([torch.zeros(0, 4)], (40, 56), ValueError, "batch size 2"),
+        ([torch.zeros(0, 4)] * 3, (40, 56), ValueError, "batch size 2"),
+        (None, (40, 56), TypeError, "gt_boxes"),
+        ([torch.zeros(0, 4)] * 2, (0, 56), ValueError, "image_size"),
+        ([torch.zeros(0, 4)] * 2, (40, float("nan")), ValueError, "image_size"),
+        ([torch.zeros(0, 4)] * 2, (-40, 56), ValueError, "image_size"),
+        ([torch.zeros(0, 4)] * 2, (56, 40), ValueError, r"\(width, height\)"),
+        ([torch.zeros(0, 4)] * 2, (40, 56, 3), ValueError, "image_size"),
+    ],
+)
+def test_bad_boxes_and_image_sizes_are_refused(boxes, image_size, error, match):
+    s, t = _pair()
+    with pytest.raises(error, match=match):
+        fgd_loss(s, t, boxes, image_size)
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_integer_features_are_refused(side):
+    s, t = _pair()
+    args = {"student": s, "teacher": t}
+    args[side] = (args[side] * 10).round().long()
+    with pytest.raises(TypeError, match=side):
+        fgd_loss(args["student"], args["teacher"], [torch.zeros(0, 4)] * 2, (40, 56))
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+@pytest.mark.parametrize("with_blocks", [False, True])
+def test_one_nan_element_gives_a_nan_loss(side, with_blocks):
+    s, t = _pair()
+    (s if side == "student" else t)[1, 2, 3, 4] = float("nan")
+    blocks = {"global_student": FGDGlobalContext(4), "global_teacher": FGDGlobalContext(4)} if with_blocks else {}
+    boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.zeros(0, 4)]
+    assert torch.isnan(fgd_loss(s, t, boxes, (40, 56), **blocks))
+    assert torch.isnan(fgd_loss(s, t, boxes, (40, 56), reduction="none")[1])
+
+
+def test_empty_batch_gives_a_zero_in_the_graph():
+    student = torch.zeros(0, 4, 5, 7, requires_grad=True)
+    loss = FGDLoss(channels=4)(student, torch.zeros(0, 4, 5, 7), [], (40, 56))
+    assert loss.dim() == 0 and loss.item() == 0.0
+    loss.backward()
+    assert student.grad is not None and not student.grad.any()
+    assert fgd_loss(student, torch.zeros(0, 4, 5, 7), torch.zeros(0, 3, 4), torch.zeros(0, 2), reduction="none").shape == (0,)
+
+
+def test_padded_boxes_compile_to_one_graph_for_any_box_count():
+    # A fixed capacity of 8 boxes per image and a validity mask: no recompilation when the count changes.
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    masks_of = torch.compile(lambda b, v: fgd_masks(b, (80, 112), (10, 14), v), backend=backend, dynamic=False)
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 50.0], [0.0, 0.0, 30.0, 30.0], [50.0, 40.0, 112.0, 80.0]])
+    padded = torch.zeros(2, 8, 4)
+    padded[:, :3] = boxes
+    for count in (0, 1, 3):
+        valid = torch.zeros(2, 8, dtype=torch.bool)
+        valid[0, :count] = True
+        fg, bg = masks_of(padded, valid)
+        want_fg, want_bg = fgd_masks([boxes[:count], torch.zeros(0, 4)], (80, 112), (10, 14))
+        assert torch.equal(fg, want_fg) and torch.equal(bg, want_bg)
+    assert len(graphs) == 1

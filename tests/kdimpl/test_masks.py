@@ -144,19 +144,18 @@ def test_bad_inputs_are_rejected_with_the_argument_name():
         masks.foreground_mask([torch.zeros(1, 4)], torch.ones(3, 2), (5, 7))
 
 
-# Known departures of the shared covering from the official FGD code (reported to the lead;
-# kdimpl.losses.fgd uses its own bounds). strict=True: these start failing once fixed.
-
-
 def test_scaled_edge_on_an_exact_integer():
     # 150 / 300 * 22 = 11 exactly, but 150 * (22 / 300) rounds to 11.000001 in float32 and ceil gives 12.
     bounds = masks.box_cell_bounds(torch.tensor([[[150.0, 90.0, 150.0, 90.0]]]), (180, 300), (14, 22))
     assert bounds.tolist() == [[[11.0, 7.0, 11.0, 7.0]]]
 
 
-def test_inverted_box_is_empty_and_finite():
-    inv = masks.inverse_area_mask([torch.tensor([[60.0, 10.0, 20.0, 50.0]])], (100, 100), (4, 4))
-    assert torch.isfinite(inv).all() and inv.eq(0).all()
+def test_inverted_box_is_refused():
+    # x2 < x1 usually means cxcywh or xywh boxes: refused with a clear message, not rasterised as empty.
+    with pytest.raises(ValueError, match=r"x2 < x1 or y2 < y1.*box_convert"):
+        masks.inverse_area_mask([torch.tensor([[60.0, 10.0, 20.0, 50.0]])], (100, 100), (4, 4))
+    with pytest.raises(ValueError, match=r"gt_boxes has boxes with x2 < x1"):
+        masks.foreground_mask(torch.tensor([[[0.0, 50.0, 10.0, 20.0]]]), (100, 100), (4, 4))
 
 
 def test_malformed_box_list_gets_a_clear_error():
@@ -193,53 +192,57 @@ def _naive_cover(bounds, valid, weight, feat_hw):
     return counts, best
 
 
-@pytest.mark.parametrize("num_boxes", [0, 1, 5, 22, 23, 24, 47])  # around the 23-box chunks of max_cover
+@pytest.mark.parametrize("num_boxes", [0, 1, 5, 24, 47])
 def test_cover_counts_and_max_cover_match_a_loop_over_boxes(num_boxes):
     g = torch.Generator().manual_seed(num_boxes)
     feat_hw = (7, 9)
     start = torch.randint(-3, 9, (2, num_boxes, 2), generator=g).float()  # some start left/above the map
-    size = torch.randint(-1, 6, (2, num_boxes, 2), generator=g).float()  # -1: inverted, covers nothing
+    size = torch.randint(-1, 6, (2, num_boxes, 2), generator=g).float()  # -1: an empty range, covers nothing
     bounds = torch.cat([start, start + size], dim=-1)
     valid = torch.rand(2, num_boxes, generator=g) > 0.2
     weight = torch.randint(1, 6, (2, num_boxes), generator=g).float() / 7  # ties on purpose
     counts, best = _naive_cover(bounds, valid, weight, feat_hw)
     assert torch.equal(masks.cover_counts(bounds, valid, feat_hw), counts)
     assert torch.equal(masks.max_cover(bounds, valid, weight, feat_hw), best)
+    inside = masks.rasterize_boxes(bounds, valid, feat_hw)
+    assert inside.dtype == torch.bool and inside.shape == (2, num_boxes, *feat_hw)
 
 
-@pytest.mark.parametrize("num_boxes", [0, 3, 20, 30])
-def test_levels_end_to_end_match_a_loop_over_boxes_level_by_level(num_boxes):
-    # Levels of different shapes, a weight order that differs between levels, and boxes that
-    # count on some levels only (per-level valid), as DeFeat assigns each box one level.
-    g = torch.Generator().manual_seed(100 + num_boxes)
-    sizes = [(9, 14), (5, 7), (1, 3), (3, 2)]
-    start = torch.randint(-2, 8, (len(sizes), 2, num_boxes, 2), generator=g).float()
-    size = torch.randint(-1, 6, (len(sizes), 2, num_boxes, 2), generator=g).float()
-    bounds = torch.cat([start, start + size], dim=-1)
-    valid = torch.rand(len(sizes), 2, num_boxes, generator=g) > 0.3
-    weight = torch.randint(1, 9, (len(sizes), 2, num_boxes), generator=g).float() / 9
-    counts = masks.cover_counts_levels(bounds, valid, sizes)
-    best = masks.max_cover_levels(bounds, valid, weight, sizes)
-    for level, feat_hw in enumerate(sizes):
-        want_counts, want_best = _naive_cover(bounds[level], valid[level], weight[level], feat_hw)
-        assert torch.equal(counts[level], want_counts)
-        assert torch.equal(best[level], want_best)
-        assert best[level].is_contiguous()
-    compiled = torch.compile(masks.max_cover_levels, backend="eager", fullgraph=True)
-    for got, want in zip(compiled(bounds, valid, weight, sizes), best):
-        assert torch.equal(got, want)
+def test_padded_boxes_compile_to_one_graph_for_any_box_count():
+    # Boxes padded to a fixed capacity with a validity mask: one graph (dynamic=False) for 0, 2 or 5 boxes.
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    build = torch.compile(
+        lambda b, v: (masks.foreground_mask(b, (40, 60), (5, 7), v), masks.inverse_area_mask(b, (40, 60), (5, 7), v)),
+        backend=backend,
+        dynamic=False,
+    )
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(2, 5, 2, generator=g) * torch.tensor([40.0, 25.0])
+    padded = torch.cat([xy, xy + 3 + torch.rand(2, 5, 2, generator=g) * 15], dim=-1)
+    for count in (0, 2, 5):
+        valid = torch.zeros(2, 5, dtype=torch.bool)
+        valid[:, :count] = True
+        fg, inv = build(padded, valid)
+        per_image = [padded[0, :count], padded[1, :count]]
+        assert torch.equal(fg, masks.foreground_mask(per_image, (40, 60), (5, 7)))
+        assert torch.equal(inv, masks.inverse_area_mask(per_image, (40, 60), (5, 7)))
+    assert len(graphs) == 1
 
 
-def test_max_cover_is_exact_under_autocast():
-    # bfloat16 matmul outputs cannot hold the bit codes; the products run with autocast off.
-    bounds = torch.tensor([[[[0.0, 0.0, 6.0, 4.0]] * 23]])
-    weight = torch.arange(1, 24, dtype=torch.float32).reshape(1, 1, 23) / 23
-    valid = torch.ones(1, 23, dtype=torch.bool)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        (best,) = masks.max_cover_levels(bounds, valid, weight, [(5, 7)])
-    assert best.dtype == torch.float32 and best.eq(1.0).all()
+def test_empty_batch_gives_empty_masks():
+    boxes, valid = masks.pad_boxes([])
+    assert boxes.shape == (0, 0, 4) and valid.shape == (0, 0)
+    assert masks.foreground_mask([], (40, 60), (5, 7)).shape == (0, 5, 7)
+    assert masks.inverse_area_mask([], torch.zeros(0, 2), (5, 7)).shape == (0, 5, 7)
 
 
-def test_level_inputs_of_the_wrong_shape_are_rejected():
-    with pytest.raises(ValueError, match="feature sizes"):
-        masks.cover_counts_levels(torch.zeros(2, 1, 3, 4), torch.ones(1, 3, dtype=torch.bool), [(4, 4)])
+def test_image_hw_keeps_the_former_private_name():
+    assert masks._image_hw is masks.image_hw
+    height, width = masks.image_hw(torch.tensor([[10, 20], [30, 40]]), 2, torch.zeros(1))
+    assert height.tolist() == [[10.0], [30.0]] and width.tolist() == [[20.0], [40.0]]

@@ -24,7 +24,7 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     student, teacher = feature_pair(generator, device, dtype, batch, CHANNELS, height, width)
     sizes = [(height * 8, width * 8), (height * 8 - 5, width * 8 - 9)] * batch
     boxes = [random_boxes(generator, num_boxes, sizes[i], device) for i in range(batch)]
-    image_size = torch.tensor(sizes[:batch], dtype=torch.float32, device=device)
+    image_size = torch.tensor(sizes[:batch], dtype=torch.float32, device=device).reshape(batch, 2)
     global_student, global_teacher = global_blocks(generator, device, dtype)
     kwargs = {
         "gt_boxes": boxes,
@@ -35,5 +35,5 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     return (student, teacher), kwargs
 
 
-# gamma raised so that the attention term matters at contract-test magnitudes.
-CASES = [LossCase("fgd", _inputs, options={"temperature": 0.5, "gamma": 1e-2})]
+# attention_weight raised so that the attention term matters at contract-test magnitudes.
+CASES = [LossCase("fgd", _inputs, options={"temperature": 0.5, "attention_weight": 1e-2})]
