@@ -678,3 +678,19 @@ def test_an_exact_copy_is_reported_on_the_name_that_sorts_later(tmp_path):
     assert problems[1].endswith("(reported here because README.md cannot tell the two files apart and this file's "
                                 "name sorts later)")
     assert problems[0].startswith("papers/a-copy.yaml:9: arxiv: papers/x.yaml repeats this paper")
+
+
+def test_a_contributors_mistakes_are_reported_together(tmp_path):
+    text = edit("year: 2022", "year: 2022.0", edit("venue: CVPR", "venue: Neurips 2023"))
+    text = edit("  - Ada Byron\n  - Alan Turing", "  - Byron, Ada\n  - Alan Turing and Grace Hopper", text)
+    text = edit("url: https://github.com/test/xkd", "url: https://github.com/test/xkd)[x](https://evil.example", text)
+    assert problems_for(tmp_path, {"papers/x.yaml": text}) == [
+        "papers/x.yaml:5: authors[0]: 'Byron, Ada' reads as 'Last, First'; write it as 'Ada Byron' (First Last)",
+        "papers/x.yaml:6: authors[1]: 'Alan Turing and Grace Hopper' names several people; "
+        "write one author per '- ' item",
+        "papers/x.yaml:7: venue: unknown venue 'Neurips 2023'; write it as 'NeurIPS'; "
+        "the year goes in `year`, not in the venue",
+        "papers/x.yaml:8: year: must be a whole number such as 2023; write 2022.0 without the decimal point",
+        "papers/x.yaml:19: code[0].url: URL must not contain spaces, ( ) < > [ ] \\ ` or quotes; "
+        "percent-encode them (( is %28, ) is %29)",
+    ]
