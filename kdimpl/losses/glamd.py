@@ -6,20 +6,21 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import _tracing, check_feature_pair, check_positive, check_reduction
+from .._base import LossModule
+from .._checks import check_feature_pair, check_options
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..attention import channel_attention, spatial_attention
 
-__all__ = ["GLAMDLoss", "glamd_local_attention", "glamd_loss", "glamd_patch_index"]
+__all__ = ["glamd_local_attention", "glamd_patch_index"]
 
 
 def _pair(grid: int | Sequence[int]) -> tuple[int, int]:
     rows, cols = (grid, grid) if isinstance(grid, int) else tuple(grid)
-    if not _tracing() and (rows < 1 or cols < 1):
+    if rows < 1 or cols < 1:  # plain Python ints: checked while tracing too
         raise ValueError(f"grid must be positive (rows, cols), got {grid!r}")
     return int(rows), int(cols)
 
@@ -32,7 +33,7 @@ def glamd_patch_index(feature_size: Sequence[int], grid: int | Sequence[int], de
     """
     rows, cols = _pair(grid)
     height, width = feature_size
-    if not _tracing() and (rows > height or cols > width):
+    if rows > height or cols > width:
         raise ValueError(f"grid {rows}x{cols} has more patches than the {height}x{width} feature map has cells")
     row_starts = torch.arange(1, rows, device=device) * height // rows
     col_starts = torch.arange(1, cols, device=device) * width // cols
@@ -86,8 +87,8 @@ def glamd_loss(
     *,
     grid: int | Sequence[int] = 2,
     temperature: float = 0.5,
-    alpha: float = 1e-3,
-    beta: float = 1e-3,
+    global_weight: float = 1e-3,
+    local_weight: float = 1e-3,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Feature distillation weighted by a global and a patch-local attention mask (GLAMD).
@@ -103,15 +104,24 @@ def glamd_loss(
     Args:
         student: student features, already projected to the teacher's channels.
         teacher: teacher features of the same shape (detached inside).
-        grid: patches per side, an int or ``(rows, cols)``. Default: 2.
+        grid: patches per side, an int or ``(rows, cols)``. Default: 2. Over FPN levels, give
+            each level its own grid with one module per level:
+            ``MultiLevelLoss([GLAMDLoss(grid=g) for g in (8, 4, 2, 2, 1)])``.
         temperature: softmax temperature ``T`` of all attentions. Default: 0.5.
-        alpha, beta: weights of the global and the local term. Default: 1e-3 each.
-        reduction: ``'none'``: the ``(N,)`` per-image loss; ``'sum'``: its sum; ``'mean'``: the sum
-            divided by the batch size ``N`` (the FGD convention this reconstruction follows).
+        global_weight: :math:`\alpha`, the weight of the global-mask term. Default: 1e-3.
+        local_weight: :math:`\beta`, the weight of the local-mask term. Default: 1e-3.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation, here the sum over
+            channels and cells divided by the batch size ``N`` (the FGD convention this
+            reconstruction follows; not the element mean: use ``reduction='none'`` and ``.mean()``
+            for the plain element mean); ``'sum'`` sums; ``'none'`` returns the ``(N, C, H, W)``
+            weighted squared errors.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)` with ``H >= rows``, ``W >= cols``
-        - output: scalar, or :math:`(N,)` with ``reduction='none'``
+        - output: scalar, or :math:`(N, C, H, W)` with ``reduction='none'``
+
+    Returns:
+        The loss, in the dtype of ``student``.
 
     Reference:
         Y. Jang, W. Shin (equal contribution) et al. "GLAMD: Global and Local Attention Mask
@@ -132,20 +142,21 @@ def glamd_loss(
         normalisation and the default weights are this library's choices, not the paper's.
     """
     check_feature_pair(student, teacher)
-    check_positive(temperature, "temperature")
-    check_reduction(reduction)
+    check_options(temperature=temperature, global_weight=global_weight, local_weight=local_weight, reduction=reduction)
+    n = student.shape[0]
     s = upcast(student)
     t = upcast(teacher.detach())
-    error = (s - t).square()
-    global_weight = spatial_attention(t, temperature)[:, None] * channel_attention(t, temperature)[:, :, None, None]
+    global_map = spatial_attention(t, temperature)[:, None] * channel_attention(t, temperature)[:, :, None, None]
     local_spatial, local_channel = glamd_local_attention(t, grid, temperature)
-    local_weight = local_spatial[:, None] * local_channel
-    per_image = (error * (alpha * global_weight + beta * local_weight)).sum(dim=(1, 2, 3))
-    return reduce_loss(per_image, reduction).to(student.dtype)
+    local_map = local_spatial[:, None] * local_channel
+    weighted = (s - t).square() * (global_weight * global_map + local_weight * local_map)
+    if reduction == "mean":
+        return (weighted.sum() / max(n, 1)).to(student.dtype)
+    return reduce_loss(weighted, reduction).to(student.dtype)
 
 
 @register_loss("glamd", function=glamd_loss)
-class GLAMDLoss(nn.Module):
+class GLAMDLoss(LossModule):
     """Module twin of :func:`glamd_loss`; ``loss_weight`` multiplies the result."""
 
     def __init__(
@@ -153,32 +164,17 @@ class GLAMDLoss(nn.Module):
         *,
         grid: int | Sequence[int] = 2,
         temperature: float = 0.5,
-        alpha: float = 1e-3,
-        beta: float = 1e-3,
+        global_weight: float = 1e-3,
+        local_weight: float = 1e-3,
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__()
         _pair(grid)
-        check_positive(temperature, "temperature")
-        check_reduction(reduction)
-        self.grid, self.temperature, self.alpha, self.beta = grid, temperature, alpha, beta
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.loss_weight * glamd_loss(
-            student,
-            teacher,
-            grid=self.grid,
-            temperature=self.temperature,
-            alpha=self.alpha,
-            beta=self.beta,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"grid={self.grid}, temperature={self.temperature}, alpha={self.alpha}, beta={self.beta}, "
-            f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(
+            grid=grid,
+            temperature=temperature,
+            global_weight=global_weight,
+            local_weight=local_weight,
+            reduction=reduction,
+            loss_weight=loss_weight,
         )

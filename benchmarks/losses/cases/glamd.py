@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-
-from kdimpl.losses.glamd import glamd_loss
-from . import BenchCase
+from kdimpl import GLAMDLoss, MultiLevelLoss
+from . import BenchCase, feature_levels
 
 CHANNELS = 256
 
 
 def _make(device, dtype, levels, gt_boxes, image_size):
-    generator = torch.Generator().manual_seed(0)
-    batch = len(gt_boxes)
-    pairs = []
-    for height, width in levels:
-        student = (
-            torch.randn(batch, CHANNELS, height, width, generator=generator).to(device, dtype).requires_grad_(True)
-        )
-        teacher = torch.randn(batch, CHANNELS, height, width, generator=generator).to(device, dtype)
-        pairs.append((student, teacher))
-
-    def run():
-        return sum(glamd_loss(s, t, grid=4) for s, t in pairs)
-
-    return run
+    students, teachers = feature_levels(device, dtype, levels, len(gt_boxes), CHANNELS)
+    criterion = MultiLevelLoss(GLAMDLoss(grid=4))
+    return lambda: criterion(students, teachers)
 
 
 BENCH = [BenchCase("glamd", _make, channels=CHANNELS)]
