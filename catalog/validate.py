@@ -80,7 +80,9 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # placeholder: most values are like this and skip the rules. (One anchored match is several times
 # faster than searching for each thing a rule could object to.)
 _WORD = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029<>\[\]&!\s]+"
-_CLEAN_RE = re.compile(rf"(?!TODO){_WORD}(?: {_WORD})*\Z")
+_CLEAN_RE = re.compile(rf"(?!TODO)(?!.*(?i:://|www\.)){_WORD}(?: {_WORD})*\Z")
+# What GitHub turns into a link by itself (its autolink extension), wherever it is in the text.
+_BARE_URL_RE = re.compile(r"(?i)[a-z][a-z0-9+.-]*://|\bwww\.")
 
 
 def text_problems(doc: Document, where: tuple, value: str, sentence: bool = False) -> list[Problem]:
@@ -101,6 +103,8 @@ def text_problems(doc: Document, where: tuple, value: str, sentence: bool = Fals
         messages.append("has two spaces in a row")
     if HTML_RE.search(value):
         messages.append("raw HTML is not allowed; write plain text")
+    if _BARE_URL_RE.search(value) and not MD_LINK_RE.search(value):
+        messages.append("a web address in the text becomes a link on GitHub; put the URL under links or code")
     if MD_LINK_RE.search(value):
         messages.append("Markdown link syntax is not allowed; put URLs under links or code")
     if sentence and not value.rstrip().endswith("."):

@@ -375,6 +375,20 @@ CASES = {
             "percent-encode them (( is %28, ) is %29)"
         ],
     ),
+    "a bare web address in the description": (
+        edit("description: A test description.", "description: See https://evil.example/login for the code."),
+        [
+            "papers/x.yaml:12: description: a web address in the text becomes a link on GitHub; "
+            "put the URL under links or code"
+        ],
+    ),
+    "a www address in a note": (
+        edit("  - masks\n", "  - masks\n  - teacher-free\n") + "notes:\n  teacher-free: Code at www.example.com too.\n",
+        [
+            "papers/x.yaml:23: notes.teacher-free: a web address in the text becomes a link on GitHub; "
+            "put the URL under links or code"
+        ],
+    ),
     "a code URL with a quote": (
         edit("url: https://github.com/test/xkd", "url: https://github.com/test/xkd\"onclick"),
         [
