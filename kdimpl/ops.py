@@ -47,8 +47,8 @@ def roi_align_padded(
     image_size: Sequence[int] | Tensor,
     output_size: int = 3,
     *,
-    sampling_ratio: int = -1,
-    max_sampling_ratio: int = 8,
+    samples_per_bin: int = -1,
+    max_samples_per_bin: int = 8,
 ) -> Tensor:
     r"""RoIAlign (He et al., Mask R-CNN) of padded per-image boxes, vectorised over images and boxes.
 
@@ -63,19 +63,18 @@ def roi_align_padded(
         image_size: ``(height, width)`` or ``(N, 2)``; the box scale is ``W / width`` along x and
             ``H / height`` along y.
         output_size: bins per side.
-        sampling_ratio: samples per bin and axis; ``<= 0`` picks ``ceil(box size / output_size)`` per
-            box like torchvision, capped at ``max_sampling_ratio``.
-        max_sampling_ratio: the cap of the adaptive count (fixed so the shape does not depend on data).
+        samples_per_bin: samples per bin and axis (torchvision's ``sampling_ratio``); ``<= 0`` picks
+            ``ceil(box size / output_size)`` per box like torchvision, capped at ``max_samples_per_bin``.
+        max_samples_per_bin: the cap of the adaptive count (fixed so the shape does not depend on data).
 
     Returns:
         ``(N, M, C, output_size, output_size)`` pooled features in ``features``' dtype.
 
     Notes:
         Adaptive sampling equals torchvision's exactly while ``ceil(box size in cells / output_size)``
-        stays within ``max_sampling_ratio`` (boxes up to 24 cells with the defaults); larger boxes
+        stays within ``max_samples_per_bin`` (boxes up to 24 cells with the defaults); larger boxes
         average an evenly spread ``8 x 8`` grid per bin instead of a denser one. Boxes and the image
-        size are not checked here (the losses check them): a non-finite box makes ``grid_sample``
-        read out of bounds.
+        size are not checked here (the losses check them); a non-finite box or image size gives NaN.
 
     Example:
         >>> import torch
@@ -90,12 +89,12 @@ def roi_align_padded(
     start = boxes[..., :2] * scale  # (N, M, 2)
     size = (boxes[..., 2:] * scale - start).clamp(min=1.0)
     bin_size = size / k
-    if sampling_ratio > 0:
-        samples = sampling_ratio
-        count = torch.full_like(size, float(sampling_ratio))
+    if samples_per_bin > 0:
+        samples = samples_per_bin
+        count = torch.full_like(size, float(samples_per_bin))
     else:
-        samples = max_sampling_ratio
-        count = torch.ceil(bin_size).clamp(1.0, float(max_sampling_ratio))
+        samples = max_samples_per_bin
+        count = torch.ceil(bin_size).clamp(1.0, float(max_samples_per_bin))
     steps = torch.arange(samples, device=boxes.device, dtype=boxes.dtype)
     bins = torch.arange(k, device=boxes.device, dtype=boxes.dtype)
     # Sample coordinates (N, M, k, S, 2): bin start + (i + 0.5) * bin / count, for i < count.
@@ -111,7 +110,8 @@ def roi_align_padded(
     gx = norm[..., 0].reshape(n, m, 1, k * samples, 1).expand(n, m, k * samples, k * samples, 1)
     gy = norm[..., 1].reshape(n, m, k * samples, 1, 1).expand(n, m, k * samples, k * samples, 1)
     grid = torch.cat([gx, gy], dim=-1).reshape(n, m * k * samples, k * samples, 2)
-    grid = grid.to(features.dtype)
+    # A non-finite coordinate makes grid_sample index out of bounds; such a sample keeps a NaN weight.
+    grid = torch.nan_to_num(grid.to(features.dtype), nan=-2.0, posinf=2.0, neginf=-2.0)
     sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
     sampled = sampled.reshape(n, c, m, k, samples, k, samples)
     wx = weight[..., 0].reshape(n, 1, m, 1, 1, k, samples)

@@ -10,8 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.drkd import GloReUnit, InstanceRelation  # noqa: E402
-from kdimpl.losses.drkd import drkd_instance_loss, drkd_pixel_loss, roi_align_padded  # noqa: E402
+from kdimpl import MultiLevelLoss, multilevel_loss  # noqa: E402
+from kdimpl.losses.drkd import DRKDInstanceLoss, DRKDPixelLoss, drkd_instance_loss, drkd_pixel_loss  # noqa: E402
 from kdimpl.masks import pad_boxes  # noqa: E402
+from kdimpl.ops import roi_align_padded  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "drkd" / "official_kd_block.pt"
 
@@ -45,13 +47,13 @@ def _bilinear(feature, y, x):
     )
 
 
-def _roi_align_reference(feature, box, scale_x, scale_y, k=3, sampling_ratio=-1):
+def _roi_align_reference(feature, box, scale_x, scale_y, k=3, samples_per_bin=-1):
     x1, y1, x2, y2 = (float(v) for v in box)
     start_x, start_y = x1 * scale_x, y1 * scale_y
     roi_w, roi_h = max(x2 * scale_x - start_x, 1.0), max(y2 * scale_y - start_y, 1.0)
     bin_w, bin_h = roi_w / k, roi_h / k
-    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / k)
-    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / k)
+    grid_h = samples_per_bin if samples_per_bin > 0 else math.ceil(roi_h / k)
+    grid_w = samples_per_bin if samples_per_bin > 0 else math.ceil(roi_w / k)
     out = torch.zeros(feature.shape[0], k, k, dtype=feature.dtype)
     for py in range(k):
         for px in range(k):
@@ -65,8 +67,8 @@ def _roi_align_reference(feature, box, scale_x, scale_y, k=3, sampling_ratio=-1)
     return out
 
 
-@pytest.mark.parametrize("sampling_ratio", [-1, 2])
-def test_roi_align_matches_per_box_reference(sampling_ratio):
+@pytest.mark.parametrize("samples_per_bin", [-1, 2])
+def test_roi_align_matches_per_box_reference(samples_per_bin):
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 3, 9, 14, generator=g, dtype=torch.float64)
     image_size = (36, 70)  # scale 1/4 on y, 1/5 on x: the axes must not be swapped
@@ -77,18 +79,18 @@ def test_roi_align_matches_per_box_reference(sampling_ratio):
         torch.tensor([[12.3, 7.7, 48.9, 30.1]]),
     ]
     padded, valid = pad_boxes([b.double() for b in boxes])
-    ours = roi_align_padded(features, padded, image_size, 3, sampling_ratio=sampling_ratio)
+    ours = roi_align_padded(features, padded, image_size, 3, samples_per_bin=samples_per_bin)
     for n, image_boxes in enumerate(boxes):
         for j, box in enumerate(image_boxes):
-            expected = _roi_align_reference(features[n], box, 14 / 70, 9 / 36, sampling_ratio=sampling_ratio)
+            expected = _roi_align_reference(features[n], box, 14 / 70, 9 / 36, samples_per_bin=samples_per_bin)
             torch.testing.assert_close(ours[n, j], expected, rtol=1e-10, atol=1e-10)
 
 
 def test_roi_align_adaptive_cap_only_affects_large_boxes():
     features = torch.randn(1, 2, 40, 40, dtype=torch.float64)
     boxes = torch.tensor([[[0.0, 0.0, 90.0, 90.0], [0.0, 0.0, 30.0, 30.0]]], dtype=torch.float64)  # 30 and 10 cells
-    capped = roi_align_padded(features, boxes, (120, 120), 3, max_sampling_ratio=8)
-    exact = roi_align_padded(features, boxes, (120, 120), 3, max_sampling_ratio=10)
+    capped = roi_align_padded(features, boxes, (120, 120), 3, max_samples_per_bin=8)
+    exact = roi_align_padded(features, boxes, (120, 120), 3, max_samples_per_bin=10)
     reference = _roi_align_reference(features[0], boxes[0, 0], 1 / 3, 1 / 3)
     torch.testing.assert_close(exact[0, 0], reference, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(capped[0, 1], exact[0, 1], rtol=0, atol=0)  # 10 cells -> 4 samples, below the cap
@@ -107,7 +109,7 @@ def _identity_glore(channels, nodes):
 def test_pixel_loss_with_identity_units_is_the_frobenius_norm():
     s, t = torch.randn(2, 4, 5, 7), torch.randn(2, 4, 5, 7)
     unit = _identity_glore(4, 2)
-    loss = drkd_pixel_loss(s, t, student_glore=unit, teacher_glore=unit)
+    loss = drkd_pixel_loss(s, t, glore_student=unit, glore_teacher=unit)
     torch.testing.assert_close(loss, ((s - t) ** 2).sum().sqrt())
     per_image = drkd_pixel_loss(s, t, per_image=True, reduction="none")
     torch.testing.assert_close(per_image, ((s - t) ** 2).sum(dim=(1, 2, 3)).sqrt())
@@ -116,7 +118,7 @@ def test_pixel_loss_with_identity_units_is_the_frobenius_norm():
 def test_pixel_loss_trains_the_teacher_unit_but_not_the_teacher_features():
     s, t = torch.randn(2, 4, 5, 7, requires_grad=True), torch.randn(2, 4, 5, 7, requires_grad=True)
     teacher_unit = GloReUnit(4, 2)
-    drkd_pixel_loss(s, t, student_glore=GloReUnit(4, 2), teacher_glore=teacher_unit).backward()
+    drkd_pixel_loss(s, t, glore_student=GloReUnit(4, 2), glore_teacher=teacher_unit).backward()
     assert t.grad is None
     assert teacher_unit.state.weight.grad is not None and teacher_unit.state.weight.grad.abs().sum() > 0
 
@@ -126,7 +128,7 @@ def test_pixel_loss_on_precomputed_relation_features_equals_the_full_loss():
     s, t = torch.randn(2, 4, 5, 7, requires_grad=True), torch.randn(2, 4, 5, 7)
     units = [GloReUnit(4, 2), GloReUnit(4, 2)]
     adaptation = torch.nn.Conv2d(4, 4, 1)
-    full = drkd_pixel_loss(s, t, student_glore=units[0], teacher_glore=units[1], adaptation=adaptation)
+    full = drkd_pixel_loss(s, t, glore_student=units[0], glore_teacher=units[1], adapter_student=adaptation)
     full.backward()
     expected = [p.grad.clone() for p in [s, *units[0].parameters(), *units[1].parameters(), *adaptation.parameters()]]
     for p in [s, *units[0].parameters(), *units[1].parameters(), *adaptation.parameters()]:
@@ -144,27 +146,19 @@ def test_pixel_loss_on_precomputed_relation_features_equals_the_full_loss():
     assert units[1].state.weight.grad is None
 
 
-@pytest.mark.parametrize("per_image", [False, True])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_pixel_loss_gradient_is_autograds_exactly(per_image, reduction):
+def test_pixel_loss_per_image_zero_norm_has_zero_gradient():
     g = torch.Generator().manual_seed(1)
     s = torch.randn(3, 4, 5, 7, generator=g, requires_grad=True)
-    t = torch.randn(3, 4, 5, 7, generator=g, requires_grad=True)
+    t = torch.randn(3, 4, 5, 7, generator=g)
     with torch.no_grad():
-        s[1] = t[1]  # a zero norm with per_image: gradient 0, not NaN
-    weight = torch.tensor([0.3, -1.7, 2.2]) if per_image else torch.tensor([0.3])
-    loss = drkd_pixel_loss(s, t, per_image=per_image, detach_teacher=False, reduction=reduction)
-    (loss * (weight if reduction == "none" else 0.7)).sum().backward()
-    ours = s.grad.clone(), t.grad.clone()
-    s.grad = t.grad = None
-
-    diff = s - t  # the plain expression, differentiated by autograd
-    norms = diff.flatten(1).norm(dim=1) if per_image else torch.linalg.vector_norm(diff).reshape(1)
-    reference = {"none": norms, "sum": norms.sum(), "mean": norms.mean()}[reduction]
-    torch.testing.assert_close(loss, reference, rtol=0, atol=0)
-    (reference * (weight if reduction == "none" else 0.7)).sum().backward()
-    assert torch.equal(ours[0], s.grad) and torch.equal(ours[1], t.grad)
-    assert torch.isfinite(ours[0]).all()
+        s[1] = t[1]
+    loss = drkd_pixel_loss(s, t, per_image=True)
+    loss.backward()
+    diff = (s - t).detach()
+    norms = diff.flatten(1).norm(dim=1)
+    torch.testing.assert_close(loss, norms.sum())  # 'mean' is the official sum of norms
+    assert torch.equal(s.grad[1], torch.zeros_like(s.grad[1]))
+    torch.testing.assert_close(s.grad[0], diff[0] / norms[0])
 
 
 def test_pixel_loss_compiles_on_precomputed_relation_features():
@@ -226,7 +220,7 @@ def test_instance_loss_without_modules_is_the_norm_of_pooled_differences():
 def test_instance_loss_with_no_boxes_at_all_is_zero_with_zero_gradient():
     s = torch.randn(2, 3, 6, 8, requires_grad=True)
     loss = drkd_instance_loss(s, torch.randn(2, 3, 6, 8), [torch.zeros(0, 4)] * 2, (24, 32),
-                              student_relation=InstanceRelation(27), teacher_relation=InstanceRelation(27))
+                              relation_student=InstanceRelation(27), relation_teacher=InstanceRelation(27))
     loss.backward()
     assert loss == 0 and torch.equal(s.grad, torch.zeros_like(s))
 
@@ -268,9 +262,9 @@ def test_parity_with_official_kd_block():
         drkd_pixel_loss(
             student[i],
             teacher[i],
-            student_glore=glore("student_non_local", i),
-            teacher_glore=glore("teacher_non_local", i),
-            adaptation=conv("non_local_adaptation", i),
+            glore_student=glore("student_non_local", i),
+            glore_teacher=glore("teacher_non_local", i),
+            adapter_student=conv("non_local_adaptation", i),
         )
         for i in range(5)
     )
@@ -281,17 +275,20 @@ def test_parity_with_official_kd_block():
         # The official loop pools every image's boxes from image 0 (see drkd_instance_loss Notes).
         s0, t0 = student[i][:1].expand_as(student[i]), teacher[i][:1].expand_as(teacher[i])
         common = dict(
-            student_relation=relation("student_relation", i),
-            teacher_relation=relation("teacher_relation", i),
-            adaptation=conv("relation_adaptation", i),
+            relation_student=relation("student_relation", i),
+            relation_teacher=relation("teacher_relation", i),
+            relation_adapter_student=conv("relation_adaptation", i),
             reduction="sum",
         )
         relation_terms.append(drkd_instance_loss(s0, t0, fx["boxes"], fx["image_size"], feature_weight=0.0, **common))
-        # Without relation modules, the first norm is the instance-feature term alone.
         feature_terms.append(
-            drkd_instance_loss(s0, t0, fx["boxes"], fx["image_size"], adaptation=conv("for_adaptation", i),
-                               feature_weight=0.0, reduction="sum")
+            drkd_instance_loss(s0, t0, fx["boxes"], fx["image_size"], feature_adapter_student=conv("for_adaptation", i),
+                               feature_weight=1.0, reduction="sum")
+            - drkd_instance_loss(s0, t0, fx["boxes"], fx["image_size"], feature_weight=0.0, reduction="sum")
         )
+        both = drkd_instance_loss(s0, t0, fx["boxes"], fx["image_size"], feature_adapter_student=conv("for_adaptation", i),
+                                  feature_weight=0.6, **common)
+        torch.testing.assert_close(both, relation_terms[-1] + 0.6 * feature_terms[-1], rtol=1e-5, atol=0)
     torch.testing.assert_close(0.004 * sum(relation_terms), fx["kd_relation_loss"], rtol=1e-5, atol=0)
     torch.testing.assert_close(0.0024 * sum(feature_terms), fx["kd_fore_loss"], rtol=1e-5, atol=0)
 
@@ -308,3 +305,106 @@ def test_parity_roi_align_with_torchvision():
     for level in range(2):
         ours = roi_align_padded(fx["student"][level], boxes, fx["image_size"])[0, : len(fx["boxes"][0])]
         torch.testing.assert_close(ours, fx["pooled_image0"][level], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- levels and learnable pieces
+def test_pixel_twins_own_every_levels_pieces():
+    criterion = MultiLevelLoss([DRKDPixelLoss(channels=4, num_nodes=n) for n in (2, 2, 3)], loss_weight=1e-3)
+    owned = {id(p) for p in criterion.parameters()}
+    for level in criterion.losses:
+        for piece in (level.glore_student, level.glore_teacher, level.adapter_student):
+            assert all(id(p) in owned for p in piece.parameters())
+    assert len(owned) == sum(len(list(level.parameters())) for level in criterion.losses)
+    g = torch.Generator().manual_seed(0)
+    students = [torch.randn(2, 4, 8 // 2**i, 10 // 2**i, generator=g) for i in range(3)]
+    teachers = [torch.randn(2, 4, 8 // 2**i, 10 // 2**i, generator=g) for i in range(3)]
+    total = criterion(students, teachers)
+    expected = 1e-3 * sum(
+        drkd_pixel_loss(s, t, glore_student=level.glore_student, glore_teacher=level.glore_teacher,
+                        adapter_student=level.adapter_student)
+        for s, t, level in zip(students, teachers, criterion.losses)
+    )
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for level in criterion.losses for p in level.glore_teacher.parameters()
+               if p.requires_grad and p.dim() > 1)
+
+
+def test_instance_loss_over_three_levels_with_boxes_given_once():
+    torch.manual_seed(0)
+    criterion = MultiLevelLoss([DRKDInstanceLoss(channels=3, max_instances=4) for _ in range(3)])
+    owned = {id(p) for p in criterion.parameters()}
+    for level in criterion.losses:
+        for name in ("relation_student", "relation_teacher", "relation_adapter_student", "feature_adapter_student"):
+            assert all(id(p) in owned for p in getattr(level, name).parameters())
+    students = [torch.randn(2, 3, 16 // 2**i, 24 // 2**i, requires_grad=True) for i in range(3)]
+    teachers = [torch.randn(2, 3, 16 // 2**i, 24 // 2**i) for i in range(3)]
+    boxes = [torch.tensor([[4.0, 8.0, 60.0, 40.0], [30.0, 0.0, 90.0, 30.0]]), torch.tensor([[0.0, 0.0, 96.0, 64.0]])]
+    total = criterion(students, teachers, gt_boxes=boxes, image_size=(64, 96))
+    expected = multilevel_loss(list(criterion.losses), students, teachers, gt_boxes=boxes, image_size=(64, 96))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in students)
+
+
+# ---------------------------------------------------------------- input checks
+def _instance_pair(n=2):
+    return torch.randn(n, 3, 6, 8, requires_grad=True), torch.randn(n, 3, 6, 8)
+
+
+@pytest.mark.parametrize(
+    "boxes, message",
+    [
+        ([torch.tensor([[0.0, 0.0, float("nan"), 10.0]]), torch.zeros(0, 4)], "non-finite"),
+        ([torch.tensor([[0.0, float("-inf"), 5.0, 10.0]]), torch.zeros(0, 4)], "non-finite"),
+        ([torch.tensor([[10.0, 0.0, 5.0, 10.0]]), torch.zeros(0, 4)], "x2 < x1"),
+        ([torch.tensor([[0.0, 0.0, 5.0, 10.0]])], "batch size 2"),
+    ],
+)
+def test_instance_loss_refuses_bad_boxes_before_roi_align(boxes, message):
+    # a NaN box used to crash the process in grid_sample's backward; it must be refused up front
+    s, t = _instance_pair()
+    with pytest.raises(ValueError, match=message):
+        drkd_instance_loss(s, t, boxes, (24, 32), relation_student=InstanceRelation(27),
+                           relation_teacher=InstanceRelation(27))
+
+
+@pytest.mark.parametrize("image_size", [(0, 0), (float("nan"), 32), (24, -32), (32, 24)])
+def test_instance_loss_refuses_bad_image_size_before_roi_align(image_size):
+    s, t = _instance_pair()
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 12.0]]), torch.zeros(0, 4)]
+    with pytest.raises(ValueError, match="image_size"):
+        drkd_instance_loss(s, t, boxes, image_size)
+
+
+def test_roi_align_gives_nan_not_a_crash_for_unchecked_boxes():
+    features = torch.randn(1, 2, 6, 8, requires_grad=True)
+    pooled = roi_align_padded(features, torch.tensor([[[0.0, 0.0, float("nan"), 10.0]]]), (24, 32))
+    pooled.sum().backward()
+    assert torch.isnan(pooled).all()
+
+
+def test_integer_features_raise_type_error():
+    s = torch.ones(2, 3, 6, 8, dtype=torch.long)
+    with pytest.raises(TypeError, match="floating"):
+        drkd_pixel_loss(s, s)
+    with pytest.raises(TypeError, match="floating"):
+        drkd_instance_loss(s, s, [torch.zeros(0, 4)] * 2, (24, 32))
+
+
+@pytest.mark.parametrize("where", ["student", "teacher"])
+def test_nan_in_gives_nan_out(where):
+    s, t = _instance_pair()
+    (s if where == "student" else t).data[0, 1, 2, 3] = float("nan")
+    assert torch.isnan(drkd_pixel_loss(s, t))
+    boxes = [torch.tensor([[0.0, 0.0, 32.0, 24.0]]), torch.zeros(0, 4)]
+    assert torch.isnan(drkd_instance_loss(s, t, boxes, (24, 32)))
+
+
+def test_empty_batch_gives_a_connected_zero():
+    s, t = torch.randn(0, 3, 6, 8, requires_grad=True), torch.randn(0, 3, 6, 8)
+    for loss in (drkd_pixel_loss(s, t), drkd_pixel_loss(s, t, per_image=True),
+                 drkd_instance_loss(s, t, [], (24, 32))):
+        s.grad = None
+        loss.backward()
+        assert loss == 0 and s.grad is not None and s.grad.shape == s.shape

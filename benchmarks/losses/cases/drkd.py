@@ -7,10 +7,9 @@ code runs the same way); ``drkd_pixel-loss-part`` times the loss alone on precom
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from kdimpl.adapters.drkd import GloReUnit, InstanceRelation
-from kdimpl.losses.drkd import drkd_instance_loss, drkd_pixel_loss
+from kdimpl import MultiLevelLoss
+from kdimpl.losses.drkd import DRKDInstanceLoss, DRKDPixelLoss, drkd_pixel_loss
 from . import BenchCase, feature_levels
 
 
@@ -21,18 +20,10 @@ def _module_dtype(dtype):
 def _make_pixel(device, dtype, levels, gt_boxes, image_size):
     student, teacher = feature_levels(device, dtype, levels, len(gt_boxes))
     nodes = [64 if i < 2 else 256 for i in range(len(levels))]  # official: 64 nodes on P2-P3, 256 above
-    to = dict(device=device, dtype=_module_dtype(dtype))
-    s_units = nn.ModuleList([GloReUnit(256, m) for m in nodes]).to(**to)
-    t_units = nn.ModuleList([GloReUnit(256, m) for m in nodes]).to(**to)
-    adapt = nn.ModuleList([nn.Conv2d(256, 256, 1) for _ in nodes]).to(**to)
-
-    def run():
-        return sum(
-            drkd_pixel_loss(s, t, student_glore=su, teacher_glore=tu, adaptation=a)
-            for s, t, su, tu, a in zip(student, teacher, s_units, t_units, adapt)
-        )
-
-    return run
+    torch.manual_seed(0)
+    criterion = MultiLevelLoss([DRKDPixelLoss(channels=256, num_nodes=m) for m in nodes])
+    criterion.to(device=device, dtype=_module_dtype(dtype))
+    return lambda: criterion(student, teacher)
 
 
 def _make_pixel_loss_part(device, dtype, levels, gt_boxes, image_size):
@@ -49,28 +40,10 @@ def _make_pixel_loss_part(device, dtype, levels, gt_boxes, image_size):
 
 def _make_instance(device, dtype, levels, gt_boxes, image_size):
     student, teacher = feature_levels(device, dtype, levels[:2], len(gt_boxes))
-    to = dict(device=device, dtype=_module_dtype(dtype))
-    s_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)
-    t_rel = nn.ModuleList([InstanceRelation(256 * 9) for _ in range(2)]).to(**to)
-    adapt = nn.ModuleList([nn.Conv2d(256, 256, 1) for _ in range(4)]).to(**to)
-
-    def run():
-        return sum(
-            drkd_instance_loss(
-                student[i],
-                teacher[i],
-                gt_boxes,
-                image_size,
-                student_relation=s_rel[i],
-                teacher_relation=t_rel[i],
-                adaptation=adapt[i],
-                feature_adaptation=adapt[2 + i],
-                reduction="sum",
-            )
-            for i in range(2)
-        )
-
-    return run
+    torch.manual_seed(0)
+    criterion = MultiLevelLoss([DRKDInstanceLoss(channels=256) for _ in range(2)])
+    criterion.to(device=device, dtype=_module_dtype(dtype))
+    return lambda: criterion(student, teacher, gt_boxes=gt_boxes, image_size=image_size)
 
 
 BENCH = [

@@ -16,7 +16,7 @@ def _pixel_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     glore = GloReUnit(CHANNELS, 2).to(device, _module_dtype(dtype)).eval()
     # One unit shared by both sides and no adaptation, so the loss is exactly 0 at student == teacher;
     # separate units and the adaptation are covered by the parity test in test_drkd.py.
-    kwargs = {"student_glore": glore, "teacher_glore": glore}
+    kwargs = {"glore_student": glore, "glore_teacher": glore}
     return feature_pair(generator, device, dtype, batch, CHANNELS, height, width), kwargs
 
 
@@ -29,15 +29,15 @@ def _instance_inputs(generator, device, dtype, *, batch, height, width, num_boxe
     kwargs = {
         "gt_boxes": boxes,
         "image_size": image_size,
-        "student_relation": relation,
-        "teacher_relation": relation,
-        "feature_adaptation": adaptation,
+        "relation_student": relation,
+        "relation_teacher": relation,
+        "feature_adapter_student": adaptation,
     }
     return feature_pair(generator, device, dtype, batch, CHANNELS, height, width), kwargs
 
 
 CASES = [
     LossCase("drkd_pixel", _pixel_inputs, uses_boxes=False),
-    # feature_adaptation makes the instance-feature term non-zero at student == teacher.
+    # feature_adapter_student makes the instance-feature term non-zero at student == teacher.
     LossCase("drkd_instance", _instance_inputs, zero_when_equal=False),
 ]
