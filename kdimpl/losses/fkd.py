@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import _tracing, check_feature_pair, check_positive, check_reduction
+from .._base import LossModule
+from .._checks import check_feature_pair, check_modules, check_options
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
 from ..attention import channel_attention, spatial_attention
 
-__all__ = ["FKDLoss", "fkd_attention_masks", "fkd_loss"]
+__all__ = ["fkd_attention_masks"]
 
 
 def _norm_of_sum(squares: Tensor) -> Tensor:
-    """``sqrt(sum(squares))`` with a zero (not infinite) gradient when the sum is exactly 0."""
+    """``sqrt(sum(squares))`` with a zero (not infinite) gradient where the sum is exactly 0; NaN stays NaN."""
     total = squares.sum()
-    positive = total > 0
-    return torch.where(positive, torch.where(positive, total, torch.ones_like(total)).sqrt(), torch.zeros_like(total))
+    zero = total == 0
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, total).sqrt())
 
 
 def fkd_attention_masks(student: Tensor, teacher: Tensor, temperature: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -43,8 +44,8 @@ def fkd_loss(
     student: Tensor,
     teacher: Tensor,
     *,
-    student_adapter: FKDStudentAdapter,
-    teacher_non_local: NonLocalBlock2d,
+    adapter_student: FKDStudentAdapter,
+    non_local_teacher: NonLocalBlock2d,
     temperature: float = 0.5,
     feature_weight: float = 7e-5,
     channel_weight: float = 4e-3,
@@ -56,7 +57,7 @@ def fkd_loss(
     r"""Attention-guided and non-local distillation for one feature level, as in the released code.
 
     With masks :math:`M^S, M^C` from :func:`fkd_attention_masks`, the adaptation layers of
-    ``student_adapter`` (:math:`\phi` feature, :math:`\ell` channel, :math:`\kappa` spatial,
+    ``adapter_student`` (:math:`\phi` feature, :math:`\ell` channel, :math:`\kappa` spatial,
     :math:`\psi` relation) and the non-local blocks :math:`r^S, r^T`:
 
     .. math::
@@ -72,8 +73,8 @@ def fkd_loss(
     Args:
         student: student features with the teacher's channel count.
         teacher: teacher features of the same shape (detached inside).
-        student_adapter: :class:`kdimpl.adapters.fkd.FKDStudentAdapter` (trained with the student).
-        teacher_non_local: the teacher's :class:`kdimpl.adapters.fkd.NonLocalBlock2d`; it is applied
+        adapter_student: :class:`kdimpl.adapters.fkd.FKDStudentAdapter` (trained with the student).
+        non_local_teacher: the teacher's :class:`kdimpl.adapters.fkd.NonLocalBlock2d`; it is applied
             to the detached teacher and trained through :math:`L_{NLD}`, as in the released code.
         temperature: ``T`` of both attentions. Default: 0.5.
         feature_weight, channel_weight, spatial_weight, non_local_weight: ``w_1..w_4``; defaults
@@ -81,10 +82,11 @@ def fkd_loss(
         use_channel_mask: also multiply the feature loss by :math:`M^C` (the bracketed factor).
             ``False`` (default) follows the released two-stage code, which computes but does not
             use it; the paper describes both masks.
-        reduction: ``'mean'`` and ``'sum'`` both return the total (the four terms are norms over
-            the whole batch, not sums over elements, so there is nothing to average; this is the
-            paper's and code's normalisation); ``'none'`` returns the four weighted terms
-            ``[L_AM, L_AT(channel), L_AT(spatial), L_NLD]`` as a ``(4,)`` tensor.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation, which is none: each
+            term is a Frobenius norm over the whole batch (the square root of a sum), so ``'mean'``
+            and ``'sum'`` both return the sum of the four weighted terms; ``'none'`` returns them,
+            ``[L_AM, L_AT(channel), L_AT(spatial), L_NLD]``, as a ``(4,)`` tensor. A norm has no
+            per-element form, so no reduction gives a plain element mean.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
@@ -104,9 +106,15 @@ def fkd_loss(
         >>> import torch
         >>> from kdimpl.adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
         >>> s, t = torch.randn(2, 8, 6, 10), torch.randn(2, 8, 6, 10)
-        >>> loss = fkd_loss(s, t, student_adapter=FKDStudentAdapter(8, pool=2),
-        ...                 teacher_non_local=NonLocalBlock2d(8, pool=2))
+        >>> loss = fkd_loss(s, t, adapter_student=FKDStudentAdapter(8, pool=2),
+        ...                 non_local_teacher=NonLocalBlock2d(8, pool=2))
         >>> loss.shape
+        torch.Size([])
+        >>> # three FPN levels, each with its own adapters and pooling
+        >>> from kdimpl import MultiLevelLoss
+        >>> criterion = MultiLevelLoss([FKDLoss(channels=8, non_local_pool=p) for p in (4, 2, 1)])
+        >>> students = [torch.randn(2, 8, 16 // 2**l, 24 // 2**l) for l in range(3)]
+        >>> criterion(students, [x + 0.1 for x in students]).shape
         torch.Size([])
 
     Notes:
@@ -123,28 +131,33 @@ def fkd_loss(
         torch 2.13) failed sorting symbolic channels-last strides (pytorch/pytorch#185510).
     """
     check_feature_pair(student, teacher)
-    check_positive(temperature, "temperature")
-    check_reduction(reduction)
-    if not _tracing() and (student_adapter is None or teacher_non_local is None):
-        raise ValueError("fkd_loss needs student_adapter (FKDStudentAdapter) and teacher_non_local (NonLocalBlock2d)")
+    check_options(
+        temperature=temperature,
+        feature_weight=feature_weight,
+        channel_weight=channel_weight,
+        spatial_weight=spatial_weight,
+        non_local_weight=non_local_weight,
+        reduction=reduction,
+    )
+    check_modules(adapter_student=adapter_student, non_local_teacher=non_local_teacher)
     s = upcast(student)
     t = upcast(teacher.detach())
     mask_spatial, mask_channel = fkd_attention_masks(s, t, temperature)
 
     # Sum the squared errors over channels before applying the (N, H, W) spatial mask: one pass fewer,
     # and no (N, 1, H, W) view, whose ambiguous strides break inductor under dynamic shapes.
-    squares = (t - student_adapter.feature(s)).square()
+    squares = (t - adapter_student.feature(s)).square()
     if use_channel_mask:
         per_cell = torch.einsum("nkhw,nk->nhw", squares, mask_channel)
     else:
         per_cell = squares.sum(dim=1)
     feature = _norm_of_sum(per_cell * mask_spatial)
-    channel = _norm_of_sum((t.mean(dim=(2, 3)) - student_adapter.channel(s.mean(dim=(2, 3)))).square())
+    channel = _norm_of_sum((t.mean(dim=(2, 3)) - adapter_student.channel(s.mean(dim=(2, 3)))).square())
     spatial = _norm_of_sum(
-        (t.mean(dim=1, keepdim=True) - student_adapter.spatial(s.mean(dim=1, keepdim=True))).square()
+        (t.mean(dim=1, keepdim=True) - adapter_student.spatial(s.mean(dim=1, keepdim=True))).square()
     )
-    relation = student_adapter.relation(student_adapter.non_local(s))
-    non_local = _norm_of_sum((teacher_non_local(t) - relation).square())
+    relation = adapter_student.relation(adapter_student.non_local(s))
+    non_local = _norm_of_sum((non_local_teacher(t) - relation).square())
 
     terms = torch.stack(
         [feature_weight * feature, channel_weight * channel, spatial_weight * spatial, non_local_weight * non_local]
@@ -154,18 +167,25 @@ def fkd_loss(
 
 
 @register_loss("fkd", function=fkd_loss)
-class FKDLoss(nn.Module):
+class FKDLoss(LossModule):
     """Module twin of :func:`fkd_loss`; ``loss_weight`` multiplies the result.
 
-    The adaptation layers and non-local blocks are not owned by the loss: build one
-    :class:`kdimpl.adapters.fkd.FKDStudentAdapter` and one teacher
-    :class:`kdimpl.adapters.fkd.NonLocalBlock2d` per level, optimise them with the student and
-    pass them to ``forward``.
+    Args:
+        channels: the teacher's channel count ``C``. Given, the loss owns its learnable pieces
+            (``adapter_student``: :class:`kdimpl.FKDStudentAdapter`, ``non_local_teacher``:
+            :class:`kdimpl.NonLocalBlock2d`), so the optimiser and ``DistributedDataParallel`` see
+            them through the loss; ``None`` (default): pass both to ``forward``.
+        non_local_reduction: channel reduction of the non-local blocks' embeddings (2).
+        non_local_pool: max-pool size of their keys and values (1: none); the released code
+            pools more on finer levels (mmrazor: 16, 8, 4, 4, 4 from P2 to P6).
     """
 
     def __init__(
         self,
         *,
+        channels: int | None = None,
+        non_local_reduction: int = 2,
+        non_local_pool: int = 1,
         temperature: float = 0.5,
         feature_weight: float = 7e-5,
         channel_weight: float = 4e-3,
@@ -175,41 +195,20 @@ class FKDLoss(nn.Module):
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__()
-        check_positive(temperature, "temperature")
-        check_reduction(reduction)
-        self.temperature = temperature
-        self.feature_weight, self.channel_weight = feature_weight, channel_weight
-        self.spatial_weight, self.non_local_weight = spatial_weight, non_local_weight
-        self.use_channel_mask = use_channel_mask
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(
-        self,
-        student: Tensor,
-        teacher: Tensor,
-        *,
-        student_adapter: FKDStudentAdapter,
-        teacher_non_local: NonLocalBlock2d,
-    ) -> Tensor:
-        return self.loss_weight * fkd_loss(
-            student,
-            teacher,
-            student_adapter=student_adapter,
-            teacher_non_local=teacher_non_local,
-            temperature=self.temperature,
-            feature_weight=self.feature_weight,
-            channel_weight=self.channel_weight,
-            spatial_weight=self.spatial_weight,
-            non_local_weight=self.non_local_weight,
-            use_channel_mask=self.use_channel_mask,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, weights=({self.feature_weight}, {self.channel_weight}, "
-            f"{self.spatial_weight}, {self.non_local_weight}), use_channel_mask={self.use_channel_mask}, "
-            f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        pieces = {}
+        if channels is not None:
+            pieces = {
+                "adapter_student": FKDStudentAdapter(channels, non_local_reduction, non_local_pool),
+                "non_local_teacher": NonLocalBlock2d(channels, non_local_reduction, non_local_pool),
+            }
+        super().__init__(
+            **pieces,
+            temperature=temperature,
+            feature_weight=feature_weight,
+            channel_weight=channel_weight,
+            spatial_weight=spatial_weight,
+            non_local_weight=non_local_weight,
+            use_channel_mask=use_channel_mask,
+            reduction=reduction,
+            loss_weight=loss_weight,
         )

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
+from kdimpl import MultiLevelLoss
 from kdimpl.losses.fkd import FKDLoss, fkd_attention_masks, fkd_loss
 
 from .cases.fkd import identity_adapters
@@ -78,7 +79,7 @@ def test_parity_with_mmrazor_fbkd(fixture, mode):
     adapter, teacher_block = from_mmrazor(fixture["state_dict"])
     adapter.train(mode == "train"), teacher_block.train(mode == "train")
     student = fixture["student"].clone().requires_grad_(True)
-    loss = fkd_loss(student, fixture["teacher"], student_adapter=adapter, teacher_non_local=teacher_block)
+    loss = fkd_loss(student, fixture["teacher"], adapter_student=adapter, non_local_teacher=teacher_block)
     loss.backward()
     torch.testing.assert_close(loss, reference["total"], rtol=1e-5, atol=0)
     torch.testing.assert_close(student.grad, reference["student_grad"], rtol=1e-5, atol=1e-8)
@@ -95,16 +96,16 @@ def test_parity_with_mmrazor_fbkd(fixture, mode):
         terms = fkd_loss(
             fixture["student"],
             fixture["teacher"],
-            student_adapter=adapter,
-            teacher_non_local=teacher_block,
+            adapter_student=adapter,
+            non_local_teacher=teacher_block,
             reduction="none",
         )
         torch.testing.assert_close(terms, torch.stack([reference[k] for k in TERMS]), rtol=1e-5, atol=0)
         masked = fkd_loss(
             fixture["student"],
             fixture["teacher"],
-            student_adapter=adapter,
-            teacher_non_local=teacher_block,
+            adapter_student=adapter,
+            non_local_teacher=teacher_block,
             use_channel_mask=True,
             reduction="none",
         )
@@ -146,7 +147,7 @@ def test_zero_terms_have_zero_gradient_not_infinite():
     adapter, teacher_block = identity_adapters(generator, "cpu", torch.float32)
     teacher = torch.randn(2, 6, 4, 6, generator=generator)
     student = teacher.clone().requires_grad_(True)
-    loss = fkd_loss(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block)
+    loss = fkd_loss(student, teacher, adapter_student=adapter, non_local_teacher=teacher_block)
     loss.backward()
     assert loss == 0 and torch.isfinite(student.grad).all()
 
@@ -162,8 +163,8 @@ def test_norms_by_hand():
     terms = fkd_loss(
         student,
         teacher,
-        student_adapter=adapter,
-        teacher_non_local=teacher_block,
+        adapter_student=adapter,
+        non_local_teacher=teacher_block,
         feature_weight=1,
         channel_weight=1,
         spatial_weight=1,
@@ -185,8 +186,8 @@ def test_norms_by_hand():
         fkd_loss(
             student,
             teacher,
-            student_adapter=adapter,
-            teacher_non_local=teacher_block,
+            adapter_student=adapter,
+            non_local_teacher=teacher_block,
             feature_weight=1,
             channel_weight=1,
             spatial_weight=1,
@@ -203,7 +204,7 @@ def test_gradcheck_of_the_undetached_terms():
     student = torch.randn(2, 4, 4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
 
     def fn(s):  # the masked feature term uses detached masks; check the three others exactly
-        return fkd_loss(s, teacher, student_adapter=adapter, teacher_non_local=teacher_block, feature_weight=0.0)
+        return fkd_loss(s, teacher, adapter_student=adapter, non_local_teacher=teacher_block, feature_weight=0.0)
 
     assert torch.autograd.gradcheck(fn, (student,), fast_mode=True)
 
@@ -213,15 +214,15 @@ def test_teacher_block_trains_but_teacher_features_get_no_gradient():
     adapter, teacher_block = FKDStudentAdapter(4, pool=2), NonLocalBlock2d(4, pool=2)
     with torch.no_grad():
         teacher_block.norm.weight.fill_(1.0)
-    FKDLoss()(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block).backward()
+    FKDLoss()(student, teacher, adapter_student=adapter, non_local_teacher=teacher_block).backward()
     assert teacher.grad is None
     assert teacher_block.theta.weight.grad.abs().sum() > 0 and adapter.feature.weight.grad.abs().sum() > 0
 
 
 def test_missing_adapter_is_named():
     s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    with pytest.raises(ValueError, match="student_adapter"):
-        fkd_loss(s, t, student_adapter=None, teacher_non_local=NonLocalBlock2d(4))
+    with pytest.raises(ValueError, match="adapter_student"):
+        fkd_loss(s, t, adapter_student=None, non_local_teacher=NonLocalBlock2d(4))
     with pytest.raises(ValueError, match="pool"):
         NonLocalBlock2d(4, pool=0)
 
@@ -237,7 +238,7 @@ def test_compiles_across_level_sizes():
         adapter.non_local.norm.weight.fill_(1.0)
     torch._dynamo.reset()
     compiled = torch.compile(
-        lambda s, t: fkd_loss(s, t, student_adapter=adapter, teacher_non_local=teacher_block),
+        lambda s, t: fkd_loss(s, t, adapter_student=adapter, non_local_teacher=teacher_block),
         backend="eager",
         fullgraph=True,
     )
@@ -247,7 +248,69 @@ def test_compiles_across_level_sizes():
         loss = compiled(student, teacher)
         loss.backward()
         grad, student.grad = student.grad, None
-        expected = fkd_loss(student, teacher, student_adapter=adapter, teacher_non_local=teacher_block)
+        expected = fkd_loss(student, teacher, adapter_student=adapter, non_local_teacher=teacher_block)
         expected.backward()
         torch.testing.assert_close(loss, expected)
         torch.testing.assert_close(grad, student.grad)
+
+
+def test_module_owns_its_pieces_per_level():
+    g = torch.Generator().manual_seed(3)
+    sizes, pools = [(16, 24), (8, 12), (4, 6)], [4, 2, 1]
+    students = [torch.randn(2, 4, h, w, generator=g, requires_grad=True) for h, w in sizes]
+    teachers = [0.5 * s.detach() + torch.randn(s.shape, generator=g) for s in students]
+    criterion = MultiLevelLoss([FKDLoss(channels=4, non_local_pool=p) for p in pools])
+    with torch.no_grad():  # non-identity non-local blocks
+        for p in criterion.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    per_level = len(list(FKDStudentAdapter(4).parameters())) + len(list(NonLocalBlock2d(4).parameters()))
+    assert len(list(criterion.parameters())) == per_level * len(sizes)
+    assert [m.adapter_student.non_local.pool for m in criterion.losses] == pools
+    criterion.eval()  # fixed BatchNorm statistics, so the loop below sees the same numbers
+    loss = criterion(students, teachers)
+    expected = sum(
+        fkd_loss(s, t, adapter_student=m.adapter_student, non_local_teacher=m.non_local_teacher)
+        for s, t, m in zip(students, teachers, criterion.losses)
+    )
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in criterion.parameters())
+
+
+def test_missing_pieces_of_a_module_without_channels():
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    with pytest.raises(TypeError, match="adapter_student"):
+        FKDLoss()(s, t)
+    loss = FKDLoss()(s, t, adapter_student=FKDStudentAdapter(4), non_local_teacher=NonLocalBlock2d(4))
+    assert loss.dim() == 0
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_one_nan_element_gives_a_nan_loss_and_terms(side):
+    generator = torch.Generator().manual_seed(0)
+    adapter, teacher_block = identity_adapters(generator, "cpu", torch.float32)
+    student, teacher = torch.randn(2, 6, 4, 6, generator=generator), torch.randn(2, 6, 4, 6, generator=generator)
+    (student if side == "student" else teacher)[1, 2, 3, 4] = float("nan")
+    student.requires_grad_(True)
+    loss = fkd_loss(student, teacher, adapter_student=adapter, non_local_teacher=teacher_block)
+    assert torch.isnan(loss)
+    terms = fkd_loss(student, teacher, adapter_student=adapter, non_local_teacher=teacher_block, reduction="none")
+    assert torch.isnan(terms).all()  # every term reads the NaN element
+
+
+def test_empty_batch_gives_a_zero_in_the_graph():
+    generator = torch.Generator().manual_seed(0)
+    adapter, teacher_block = identity_adapters(generator, "cpu", torch.float32)
+    student = torch.zeros(0, 6, 4, 6, requires_grad=True)
+    loss = fkd_loss(student, torch.zeros(0, 6, 4, 6), adapter_student=adapter, non_local_teacher=teacher_block)
+    assert loss.dim() == 0 and loss.item() == 0.0
+    loss.backward()
+    assert student.grad is not None and not student.grad.any()
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_integer_features_are_refused(side):
+    args = {"student": torch.randn(2, 4, 8, 8), "teacher": torch.randn(2, 4, 8, 8)}
+    args[side] = args[side].round().long()
+    with pytest.raises(TypeError, match=side):
+        fkd_loss(**args, adapter_student=FKDStudentAdapter(4), non_local_teacher=NonLocalBlock2d(4))

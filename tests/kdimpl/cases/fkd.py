@@ -32,7 +32,7 @@ def identity_adapters(generator, device, dtype, channels=CHANNELS, pool=2):
 def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     student, teacher = feature_pair(generator, device, dtype, batch, CHANNELS, height, width)
     adapter, teacher_block = identity_adapters(generator, device, dtype, pool=2 if min(height, width) >= 2 else 1)
-    return (student, teacher), {"student_adapter": adapter, "teacher_non_local": teacher_block}
+    return (student, teacher), {"adapter_student": adapter, "non_local_teacher": teacher_block}
 
 
 CASES = [
