@@ -7,11 +7,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .._checks import _tracing, check_feature_pair, check_reduction, check_tensor, check_unit_interval
+from .._base import LossModule
+from .._checks import _tracing, check_feature_pair, check_options, check_shape, check_unit_interval
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..adapters.channel import ChannelAdapter
+from ..adapters.mgd import MGDGenerator
 
-__all__ = ["mgd_random_mask", "mgd_loss", "MGDLoss"]
+__all__ = ["mgd_random_mask"]
 
 
 def mgd_random_mask(
@@ -21,7 +24,7 @@ def mgd_random_mask(
     rng: torch.Generator | None = None,
     per_channel: bool = False,
 ) -> Tensor:
-    r"""Draw MGD's random keep-mask :math:`M` (Yang et al.).
+    r"""Draw MGD's random keep-mask :math:`M` (Yang et al., Eq. 1).
 
     .. math::
         M_{n,i,j} = \begin{cases} 0 & u_{n,i,j} > 1 - \lambda \\ 1 & \text{otherwise} \end{cases},
@@ -51,6 +54,7 @@ def mgd_random_mask(
         (torch.Size([2, 1, 5, 7]), [0.0, 1.0])
     """
     check_unit_interval(mask_ratio, "mask_ratio")
+    check_shape(features, "features", "N C H W")
     n, c, h, w = features.shape
     shape = (n, c, 1, 1) if per_channel else (n, 1, h, w)
     if rng is None:
@@ -60,38 +64,26 @@ def mgd_random_mask(
     return (u <= 1.0 - mask_ratio).to(features.dtype)
 
 
-class _SquaredError(torch.autograd.Function):
-    """``sum (x - target)^2``, in total or per image, with the analytic gradient ``2 g (x - target)``.
-
-    Only the inputs are saved: a half teacher is kept as it is, not as the float32 copy that
-    ``F.mse_loss`` on upcast inputs would save. The numbers are those of ``F.mse_loss`` and its
-    backward (the factor 2 is exact wherever it is applied).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, per_image: bool) -> Tensor:
-        squares = torch.sub(x, target).square_()
-        ctx.save_for_backward(x, target)
-        ctx.per_image = per_image
-        return squares.flatten(1).sum(dim=1) if per_image else squares.sum()
-
-    @staticmethod
-    def backward(ctx, grad_total: Tensor):
-        x, target = ctx.saved_tensors
-        scale = 2.0 * grad_total
-        if ctx.per_image:
-            scale = scale.reshape(-1, *([1] * (x.dim() - 1)))
-        if torch.is_grad_enabled():  # double backward: differentiable, out of place
-            return (x - target) * scale, None, None
-        return torch.sub(x, target).mul_(scale), None, None
+def _check_mask(mask: Tensor, student: Tensor) -> None:
+    if _tracing():
+        return
+    check_shape(mask, "mask", "N C H W", floating=False)
+    try:
+        torch.broadcast_shapes(mask.shape, student.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the student's {tuple(student.shape)}; "
+            "expected (N, 1, H, W) or (N, C, 1, 1)"
+        ) from None
 
 
 def mgd_loss(
     student: Tensor,
     teacher: Tensor,
-    generator: Callable[[Tensor], Tensor],
-    *,
+    generator_student: Callable[[Tensor], Tensor],
     mask: Tensor | None = None,
+    *,
+    adapter_student: Callable[[Tensor], Tensor] | None = None,
     mask_ratio: float = 0.65,
     rng: torch.Generator | None = None,
     reduction: str = "mean",
@@ -99,36 +91,42 @@ def mgd_loss(
     r"""Masked generative distillation: rebuild the teacher's features from masked student features.
 
     The aligned student feature is masked at random positions and a small generation block
-    :math:`\mathcal{G}` must reconstruct the full teacher feature (Yang et al.):
+    :math:`\mathcal{G}` must reconstruct the full teacher feature (Yang et al., Eq. 2–3):
 
     .. math::
         \mathcal{L}_{dis} = \frac{1}{N} \sum_{n,c,h,w}
             \Big(T_{n,c,h,w} - \mathcal{G}\big(f_{align}(S) \odot M\big)_{n,c,h,w}\Big)^2
 
     Args:
-        student: aligned student features :math:`f_{align}(S)` (apply :class:`kdimpl.ChannelAdapter`
-            first when the widths differ).
-        teacher: teacher features of the same shape (detached inside).
-        generator: the learnable generation block, normally :class:`kdimpl.adapters.mgd.MGDGenerator`;
-            it receives the masked student features in float32 for half inputs.
-        mask: optional keep-mask broadcastable to ``student`` (e.g. :math:`(N, 1, H, W)` or
-            :math:`(N, C, 1, 1)`, 1 = keep). With a mask the loss is deterministic; build one with
-            :func:`mgd_random_mask`. Without it one is drawn with ``mask_ratio`` and ``rng``.
+        student: student features :math:`S` (aligned to the teacher's channels unless
+            ``adapter_student`` is given).
+        teacher: teacher features of shape :math:`(N, C, H, W)` (detached inside).
+        generator_student: the learnable generation block :math:`\mathcal{G}`, normally
+            :class:`kdimpl.MGDGenerator`; it receives the masked student features in float32 for
+            half inputs.
+        mask: optional keep-mask broadcastable to the aligned student (e.g. :math:`(N, 1, H, W)`
+            or :math:`(N, C, 1, 1)`, 1 = keep). With a mask the loss is deterministic; build one
+            with :func:`mgd_random_mask`. Without it one is drawn with ``mask_ratio`` and ``rng``.
+        adapter_student: optional :math:`f_{align}`, the official ``align`` 1x1 convolution
+            (:class:`kdimpl.ChannelAdapter`) for student and teacher widths that differ.
         mask_ratio: drop probability :math:`\lambda` used when ``mask`` is not given (default 0.65).
         rng: ``torch.Generator`` for the mask when ``mask`` is not given (see :func:`mgd_random_mask`).
-        reduction: ``'none'``: the :math:`(N,)` per-image sums of squared errors; ``'sum'``: their
-            total; ``'mean'`` (default): their mean over the batch, i.e. the sum divided by
-            :math:`N` as in the official code (not a per-element mean: the official weight
-            :math:`\alpha = 2 \cdot 10^{-5}` assumes this scale).
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the sum of squared
+            errors divided by the batch size :math:`N` (the official code's; its weight
+            :math:`\alpha_{mgd} = 2 \cdot 10^{-5}` assumes this scale). Use ``reduction='none'``
+            and ``.mean()`` for the plain element mean; ``'sum'`` sums; ``'none'`` returns the
+            :math:`(N, C, H, W)` squared errors.
 
     Shape:
-        - student, teacher: :math:`(N, C, H, W)`
-        - output: scalar, or :math:`(N,)` with ``reduction='none'``
+        - student: :math:`(N, C_s, H, W)` (:math:`C_s = C` without ``adapter_student``),
+          teacher: :math:`(N, C, H, W)`
+        - output: scalar, or :math:`(N, C, H, W)` with ``reduction='none'``
 
     Returns:
         The loss for one feature level, in the dtype of ``student``; the paper multiplies it by
-        :math:`\alpha` (pass it as ``loss_weight`` to :class:`MGDLoss`) and sums over FPN levels,
-        each level with its own generator.
+        :math:`\alpha_{mgd}` (``loss_weight`` of :class:`MGDLoss`) and sums over FPN levels,
+        each level with its own generation block (:class:`kdimpl.MultiLevelLoss` of
+        ``MGDLoss(student_channels=..., teacher_channels=...)``, one per level).
 
     Reference:
         Zhendong Yang, Zhe Li, Mingqi Shao, Dachuan Shi, Zehuan Yuan, Chun Yuan. "Masked Generative
@@ -138,75 +136,74 @@ def mgd_loss(
 
     Example:
         >>> import torch
-        >>> from kdimpl.adapters.mgd import MGDGenerator
+        >>> from kdimpl import MGDGenerator
         >>> s, t = torch.randn(2, 8, 5, 7), torch.randn(2, 8, 5, 7)
-        >>> generator = MGDGenerator(8)
         >>> mask = mgd_random_mask(s, 0.65, rng=torch.Generator().manual_seed(0))
-        >>> mgd_loss(s, t, generator, mask=mask).shape
+        >>> mgd_loss(s, t, MGDGenerator(8), mask).shape
         torch.Size([])
 
     Notes:
-        The squared error has an analytic gradient, :math:`2 (\mathcal{G} - T)` times the incoming
-        gradient, rebuilt in backward from the saved generator output and the teacher (half
-        teachers are not kept as float32 copies); it rounds exactly as ``F.mse_loss(...,
-        reduction='sum')`` and its backward. The official code draws the mask inside the loss from
-        the global CPU generator; here the randomness is an explicit argument. Drawing with ``rng``
-        inside ``torch.compile`` may break the graph: draw the mask outside (``mgd_random_mask``)
-        and pass it in.
+        The official code draws the mask inside the loss from the global CPU generator; here the
+        randomness is an explicit argument. Drawing with ``rng`` inside ``torch.compile`` may
+        break the graph: draw the mask outside (:func:`mgd_random_mask`) and pass it in.
     """
-    check_reduction(reduction)
-    check_feature_pair(student, teacher)
+    check_options(reduction=reduction, mask_ratio=mask_ratio)
+    check_shape(student, "student", "N C H W")
+    s = upcast(student)
+    if adapter_student is not None:
+        s = adapter_student(s)
+    check_feature_pair(s, teacher)
     if mask is None:
-        mask = mgd_random_mask(student, mask_ratio, rng=rng)
-    elif not _tracing():
-        check_tensor(mask, "mask")
-        try:
-            torch.broadcast_shapes(mask.shape, student.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the student's {tuple(student.shape)}; "
-                "expected (N, 1, H, W) or (N, C, 1, 1)"
-            ) from None
-    target = teacher.detach()
-    generated = upcast(generator(upcast(student) * upcast(mask)))
+        mask = mgd_random_mask(s, mask_ratio, rng=rng)
+    else:
+        _check_mask(mask, s)
+    target = upcast(teacher.detach())
+    generated = upcast(generator_student(s * mask.to(s.dtype)))
     if not _tracing() and generated.shape != target.shape:
         raise ValueError(
-            f"the generator returned shape {tuple(generated.shape)} but the teacher has {tuple(target.shape)}; "
-            "it must keep (N, C, H, W) (MGDGenerator(C) does)"
+            f"generator_student returned shape {tuple(generated.shape)} but the teacher has "
+            f"{tuple(target.shape)}; it must keep (N, C, H, W) (MGDGenerator(C) does)"
         )
-    total = _SquaredError.apply(generated, target, reduction == "none")
+    loss = (generated - target).square()
+    if reduction == "none":
+        return loss.to(student.dtype)
+    total = loss.sum()
     if reduction == "mean":
-        total = total / student.shape[0]
+        total = total / max(student.shape[0], 1)
     return total.to(student.dtype)
 
 
 @register_loss("mgd", function=mgd_loss)
-class MGDLoss(nn.Module):
-    """Module twin of :func:`mgd_loss`; ``loss_weight`` (the paper's :math:`\\alpha`) multiplies the result.
+class MGDLoss(LossModule):
+    """Module twin of :func:`mgd_loss`; ``loss_weight`` is the paper's :math:`\\alpha_{mgd}` (2e-5 in the official configs).
 
-    The generation block is not owned by the loss: pass it to ``forward`` (it is trained with the student).
+    Built with ``teacher_channels`` the loss owns its learnable pieces, as the official
+    ``FeatureLoss`` does: ``generator_student`` (:class:`kdimpl.MGDGenerator`) and, when
+    ``student_channels`` differs, ``adapter_student`` (:class:`kdimpl.ChannelAdapter`); then
+    ``MultiLevelLoss([MGDLoss(...) for each level])`` holds every level's pieces. Without channel
+    counts pass ``generator_student`` (and ``mask``, by keyword when the loss owns its generator)
+    to ``forward``.
+
+    Args:
+        student_channels: student width :math:`C_s` (default: ``teacher_channels``).
+        teacher_channels: teacher width :math:`C`; builds the learnable pieces.
     """
 
-    def __init__(self, *, mask_ratio: float = 0.65, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
-        check_unit_interval(mask_ratio, "mask_ratio")
-        check_reduction(reduction)
-        self.mask_ratio = mask_ratio
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(
+    def __init__(
         self,
-        student: Tensor,
-        teacher: Tensor,
-        generator: Callable[[Tensor], Tensor],
         *,
-        mask: Tensor | None = None,
+        student_channels: int | None = None,
+        teacher_channels: int | None = None,
+        mask_ratio: float = 0.65,
         rng: torch.Generator | None = None,
-    ) -> Tensor:
-        return self.loss_weight * mgd_loss(
-            student, teacher, generator, mask=mask, mask_ratio=self.mask_ratio, rng=rng, reduction=self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"mask_ratio={self.mask_ratio}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        pieces: dict[str, nn.Module] = {}
+        if teacher_channels is not None:
+            pieces["generator_student"] = MGDGenerator(teacher_channels)
+            if student_channels is not None and student_channels != teacher_channels:
+                pieces["adapter_student"] = ChannelAdapter(student_channels, teacher_channels)
+        elif student_channels is not None:
+            raise ValueError("student_channels needs teacher_channels (the width the generator rebuilds)")
+        super().__init__(mask_ratio=mask_ratio, rng=rng, reduction=reduction, loss_weight=loss_weight, **pieces)

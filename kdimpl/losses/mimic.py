@@ -14,14 +14,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_boxes, check_feature_pair, check_reduction
+from .._base import LossModule
+from .._checks import check_boxes, check_feature_pair, check_image_size, check_options
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..masks import pad_boxes, scale_boxes_to_feature
 
-__all__ = ["mimic_region_bounds", "mimic_loss", "MimicLoss"]
+__all__ = ["mimic_region_bounds"]
 
 
 def mimic_region_bounds(boxes: Tensor, image_size, feature_size: Sequence[int]) -> Tensor:
@@ -63,12 +64,16 @@ def mimic_loss(
     Args:
         student: transformed student features :math:`r(v)` (apply e.g. :class:`kdimpl.ChannelAdapter`).
         teacher: teacher features of the same shape (detached inside).
-        proposals: ``N`` tensors ``(P_i, 4)`` of xyxy pixels (RPN proposals), or padded ``(N, P, 4)``.
-        image_size: ``(height, width)`` of the input image, or an ``(N, 2)`` tensor; the feature
-            map covers it.
-        reduction: ``'mean'``: :math:`L_m` above (divided by the number of proposals in the batch,
-            clamped to >= 1); ``'sum'``: :math:`\sum_i \frac{1}{2 m_i}\lVert\cdot\rVert^2`;
-            ``'none'``: ``(N, P)`` per-proposal terms (0 for padding).
+        proposals: one ``(P_i, 4)`` tensor per image of ``x1, y1, x2, y2`` boxes in pixels of the
+            input tensor (the RPN's proposals), or a padded ``(N, P, 4)`` tensor.
+        image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor; the feature
+            map covers it, so the same proposals serve every FPN level.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the sum of the
+            per-proposal terms divided by the number of proposals in the batch (at least 1), i.e.
+            :math:`L_m` above; ``'sum'`` sums the terms
+            :math:`\frac{1}{2 m_i}\lVert\cdot\rVert^2`; ``'none'`` returns them as an
+            ``(N, P)`` tensor, 0 for padding, so its ``.mean()`` equals ``'mean'`` only when every
+            image has ``P`` proposals.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
@@ -94,9 +99,10 @@ def mimic_loss(
         torch.Size([])
     """
     check_feature_pair(student, teacher)
-    check_reduction(reduction)
+    check_options(reduction=reduction)
+    check_boxes(proposals, student.shape[0], "proposals")
+    check_image_size(image_size, student.shape[0], student)
     boxes, valid = pad_boxes(proposals)
-    check_boxes(boxes, student.shape[0], "proposals")
     s = upcast(student)
     t = upcast(teacher.detach())
     feature_size = tuple(s.shape[2:])
@@ -123,20 +129,8 @@ def mimic_loss(
 
 
 @register_loss("mimic", function=mimic_loss)
-class MimicLoss(nn.Module):
-    """Module twin of :func:`mimic_loss`; ``loss_weight`` is the paper's :math:`\\lambda`."""
+class MimicLoss(LossModule):
+    """Module twin of :func:`mimic_loss`; ``loss_weight`` is the paper's :math:`\\lambda_1`."""
 
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(
-        self, student: Tensor, teacher: Tensor, proposals: Sequence[Tensor] | Tensor, *, image_size
-    ) -> Tensor:
-        loss = mimic_loss(student, teacher, proposals, image_size=image_size, reduction=self.reduction)
-        return self.loss_weight * loss
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(reduction=reduction, loss_weight=loss_weight)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_feature_pair, check_positive, check_reduction
+from .._base import LossModule
+from .._checks import check_feature_pair, check_options, check_positive, check_same_shape, check_shape
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 
-__all__ = ["ssim_map", "structural_kd_loss", "StructuralKDLoss"]
+__all__ = ["structural_kd_ssim_map"]
 
 _PADDINGS = ("same", "valid")
 
@@ -46,14 +47,14 @@ def _blur(z: Tensor, g: Tensor, padding: str) -> Tensor:
     return F.conv2d(z, g.reshape(1, 1, k, 1).expand(groups, 1, k, 1), groups=groups)
 
 
-def ssim_map(
+def structural_kd_ssim_map(
     x: Tensor,
     y: Tensor,
     *,
     window_size: int = 11,
     sigma: float = 1.5,
     max_val: float = 1.0,
-    eps: float = 1e-12,
+    eps: float | None = None,
     padding: str = "same",
 ) -> Tensor:
     r"""Per-position structural similarity of two feature maps, channel by channel.
@@ -73,7 +74,9 @@ def ssim_map(
             map allows when a side is too short (kornia raises instead).
         sigma: Gaussian std (1.5, kornia's fixed value).
         max_val: dynamic range :math:`L` (default 1.0, kornia's default).
-        eps: added to the denominator (1e-12, kornia's default).
+        eps: added to the denominator (default ``torch.finfo(dtype).tiny``; kornia adds 1e-12).
+            The denominator is at least :math:`C_1 C_2 > 0`, so this only guards underflow; the
+            parity tests give the same numbers with either value.
         padding: ``'same'`` (reflect, keeps ``H x W``) or ``'valid'`` (crop the border).
 
     Returns:
@@ -82,10 +85,12 @@ def ssim_map(
     Example:
         >>> import torch
         >>> x = torch.rand(1, 3, 16, 20)
-        >>> bool(ssim_map(x, x).min() > 0.99)
+        >>> bool(structural_kd_ssim_map(x, x).min() > 0.99)
         True
     """
     _check_window(window_size, padding)
+    check_shape(x, "x", "N C H W")
+    check_same_shape(x, y, ("x", "y"))
     x, y = upcast(x), upcast(y)
     n, c, h, w = x.shape
     k = _effective_window(window_size, h, w, padding)
@@ -94,6 +99,8 @@ def ssim_map(
     # teacher-only ones whose filtering needs no backward (y is detached in the loss).
     mu_x, e_xx, e_xy = _blur(torch.cat([x, x * x, x * y], dim=1), g, padding).chunk(3, dim=1)
     mu_y, e_yy = _blur(torch.cat([y, y * y], dim=1), g, padding).chunk(2, dim=1)
+    if eps is None:
+        eps = torch.finfo(x.dtype).tiny
     c1 = (0.01 * max_val) ** 2
     c2 = (0.03 * max_val) ** 2
     mu_xy = mu_x * mu_y
@@ -110,7 +117,7 @@ def structural_kd_loss(
     *,
     window_size: int = 11,
     max_val: float = 1.0,
-    eps: float = 1e-12,
+    eps: float | None = None,
     padding: str = "same",
     reduction: str = "mean",
 ) -> Tensor:
@@ -126,12 +133,13 @@ def structural_kd_loss(
     Args:
         student: (aligned) student features.
         teacher: teacher features of the same shape (detached inside).
-        window_size: odd Gaussian window size (default 11); see :func:`ssim_map`.
+        window_size: odd Gaussian window size (default 11); see :func:`structural_kd_ssim_map`.
         max_val: dynamic range :math:`L` in :math:`C_1, C_2` (default 1.0).
-        eps: denominator guard (default 1e-12).
+        eps: denominator guard (default ``torch.finfo(dtype).tiny``); see :func:`structural_kd_ssim_map`.
         padding: ``'same'`` (default) or ``'valid'``.
-        reduction: ``'none'``: the per-position map; ``'mean'`` (default): its mean over all
-            elements, as kornia's ``ssim_loss``; ``'sum'``: its sum.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the mean over all
+            :math:`N C H' W'` elements, as kornia's ``ssim_loss``, which is the element mean of the
+            ``'none'`` output; ``'sum'`` sums; ``'none'`` returns the per-position map.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
@@ -160,15 +168,17 @@ def structural_kd_loss(
         almost unpenalised. Windows larger than a small map are shrunk instead of raising.
     """
     check_feature_pair(student, teacher)
-    check_reduction(reduction)
+    check_options(reduction=reduction)
     check_positive(max_val, "max_val")
-    ssim = ssim_map(student, teacher.detach(), window_size=window_size, max_val=max_val, eps=eps, padding=padding)
+    ssim = structural_kd_ssim_map(
+        student, teacher.detach(), window_size=window_size, max_val=max_val, eps=eps, padding=padding
+    )
     loss = ((1.0 - ssim) * 0.5).clamp(0.0, 1.0)
     return reduce_loss(loss, reduction).to(student.dtype)
 
 
 @register_loss("structural_kd", function=structural_kd_loss)
-class StructuralKDLoss(nn.Module):
+class StructuralKDLoss(LossModule):
     """Module twin of :func:`structural_kd_loss`; ``loss_weight`` multiplies the result."""
 
     def __init__(
@@ -176,35 +186,14 @@ class StructuralKDLoss(nn.Module):
         *,
         window_size: int = 11,
         max_val: float = 1.0,
-        eps: float = 1e-12,
+        eps: float | None = None,
         padding: str = "same",
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__()
         _check_window(window_size, padding)
         check_positive(max_val, "max_val")
-        check_reduction(reduction)
-        self.window_size = window_size
-        self.max_val = max_val
-        self.eps = eps
-        self.padding = padding
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.loss_weight * structural_kd_loss(
-            student,
-            teacher,
-            window_size=self.window_size,
-            max_val=self.max_val,
-            eps=self.eps,
-            padding=self.padding,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"window_size={self.window_size}, max_val={self.max_val}, padding={self.padding!r}, "
-            f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(
+            window_size=window_size, max_val=max_val, eps=eps, padding=padding, reduction=reduction,
+            loss_weight=loss_weight,
         )

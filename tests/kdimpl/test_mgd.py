@@ -10,8 +10,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kdimpl.adapters.channel import ChannelAdapter  # noqa: E402
-from kdimpl.adapters.mgd import MGDGenerator  # noqa: E402
+from kdimpl import ChannelAdapter, MGDGenerator, MultiLevelLoss, multilevel_loss  # noqa: E402
 from kdimpl.losses.mgd import MGDLoss, mgd_loss, mgd_random_mask  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mgd" / "official_mgd.pt"
@@ -44,6 +43,12 @@ def test_matches_official(official, tag, student_key, seed, ratio):
     torch.testing.assert_close(loss.detach(), official[f"{tag}_loss"], rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(student.grad, official[f"{tag}_grad"], rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(generator[0].weight.grad, official[f"{tag}_generation_grad0"], rtol=1e-5, atol=1e-9)
+    if f"{tag}_align" in official:  # the same numbers with the adapter passed to the loss
+        student_grad, student.grad = student.grad, None
+        value = 2e-5 * mgd_loss(student, official["teacher"], generator, mask, adapter_student=adapter)
+        value.backward()
+        torch.testing.assert_close(value.detach(), loss.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(student.grad, student_grad, rtol=0, atol=0)
 
 
 @pytest.mark.parity
@@ -54,14 +59,53 @@ def test_rng_argument_reproduces_official_without_mask(official):
     torch.testing.assert_close(loss.detach(), official["yzdv_loss"], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parity
+def test_twin_built_with_channels_owns_the_official_pieces(official):
+    # the official FeatureLoss(student_channels=3, teacher_channels=4): align conv, then generation
+    loss = MGDLoss(student_channels=3, teacher_channels=4, mask_ratio=0.45, loss_weight=2e-5)
+    loss.generator_student.load_state_dict(official["yzdv_align_generation"])
+    loss.adapter_student.proj.load_state_dict(official["yzdv_align_align"])
+    student = official["student_3ch"].clone().requires_grad_(True)
+    value = loss(student, official["teacher"], rng=torch.Generator().manual_seed(6))
+    value.backward()
+    torch.testing.assert_close(value.detach(), official["yzdv_align_loss"], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(student.grad, official["yzdv_align_grad"], rtol=1e-5, atol=1e-9)
+    names = {name for name, _ in loss.named_parameters()}
+    assert {"generator_student.0.weight", "adapter_student.proj.weight"} <= names
+    assert not hasattr(MGDLoss(teacher_channels=4), "adapter_student")  # equal widths: no adapter
+
+
+def test_per_level_pieces_over_levels_in_one_line():
+    students = [torch.randn(2, 3, 12 // 2**i, 20 // 2**i) for i in range(3)]
+    teachers = [torch.randn(2, 4, *s.shape[2:]) for s in students]
+    criterion = MultiLevelLoss([MGDLoss(student_channels=3, teacher_channels=4) for _ in students], loss_weight=2e-5)
+    params = list(criterion.parameters())
+    assert len(params) == 3 * (4 + 2)  # per level: two generator convs and the adapter conv, weight and bias
+    value = criterion(students, teachers, rng=torch.Generator().manual_seed(0))
+    rng = torch.Generator().manual_seed(0)
+    expected = 2e-5 * sum(
+        mgd_loss(s, t, m.generator_student, adapter_student=m.adapter_student, rng=rng)
+        for s, t, m in zip(students, teachers, criterion.losses)
+    )
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert all(p.grad is not None for p in params)
+    # the function form: per-level generators and masks as per-level sequences
+    generators = [MGDGenerator(4) for _ in students]
+    masks = [mgd_random_mask(t, 0.5, rng=torch.Generator().manual_seed(i)) for i, t in enumerate(teachers)]
+    aligned = [ChannelAdapter(3, 4)(s) for s in students]
+    total = multilevel_loss(mgd_loss, aligned, teachers, generators, masks)
+    torch.testing.assert_close(total, sum(mgd_loss(*a) for a in zip(aligned, teachers, generators, masks)))
+
+
 def test_identity_generator_gives_masked_sum_of_squares_over_batch():
     s, t = torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5)
     mask = (torch.rand(3, 1, 4, 5) > 0.5).float()
     expected = ((s * mask - t) ** 2).sum() / 3
     torch.testing.assert_close(mgd_loss(s, t, nn.Identity(), mask=mask), expected)
-    per_image = mgd_loss(s, t, nn.Identity(), mask=mask, reduction="none")
-    assert per_image.shape == (3,)
-    torch.testing.assert_close(per_image.sum(), expected * 3)
+    elements = mgd_loss(s, t, nn.Identity(), mask=mask, reduction="none")
+    torch.testing.assert_close(elements, (s * mask - t) ** 2)
+    torch.testing.assert_close(elements.sum(), expected * 3)
 
 
 def test_channel_mask_broadcasts():
@@ -79,7 +123,7 @@ def test_mask_ratio_extremes_and_frequency():
     assert abs(float(kept) - 0.35) < 0.02
 
 
-def test_same_rng_seed_same_loss_and_module_keeps_no_state():
+def test_same_rng_seed_same_loss_and_module_without_channels_owns_nothing():
     s, t = torch.randn(2, 4, 6, 7), torch.randn(2, 4, 6, 7)
     generator = MGDGenerator(4)
     module = MGDLoss()
@@ -87,6 +131,8 @@ def test_same_rng_seed_same_loss_and_module_keeps_no_state():
     b = module(s, t, generator, rng=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not list(module.parameters())
+    seeded = MGDLoss(rng=torch.Generator().manual_seed(3))  # a stored rng draws the same masks
+    torch.testing.assert_close(seeded(s, t, generator), a, rtol=0, atol=0)
 
 
 def test_generator_weights_are_trained():
@@ -100,30 +146,43 @@ def test_rejects_bad_inputs():
     s, t = torch.randn(2, 4, 6, 7), torch.randn(2, 4, 6, 7)
     with pytest.raises(ValueError, match="mask"):
         mgd_loss(s, t, nn.Identity(), mask=torch.ones(2, 1, 5, 7))
-    with pytest.raises(ValueError, match="generator returned"):
+    with pytest.raises(ValueError, match="generator_student returned"):
         mgd_loss(s, t, nn.Conv2d(4, 3, 1), mask=torch.ones(2, 1, 6, 7))
     with pytest.raises(ValueError, match="mask_ratio"):
         MGDLoss(mask_ratio=1.5)
     with pytest.raises(ValueError, match="channels"):
         MGDGenerator(0)
+    with pytest.raises(ValueError, match="teacher_channels"):
+        MGDLoss(student_channels=3)
+    with pytest.raises(ValueError, match="Channels differ"):
+        mgd_loss(torch.randn(2, 3, 6, 7), t, nn.Identity())
+
+
+def test_empty_batch_with_owned_pieces_and_masked_out_nan():
+    student = torch.randn(0, 3, 6, 7, requires_grad=True)
+    loss = MGDLoss(student_channels=3, teacher_channels=4)(student, torch.randn(0, 4, 6, 7))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert student.grad.shape == student.shape
+    s, t = torch.randn(2, 4, 6, 7), torch.randn(2, 4, 6, 7)
+    s[0, :, 0, 0] = float("nan")
+    mask = torch.ones(2, 1, 6, 7)
+    mask[0, :, 0, 0] = 0.0
+    assert torch.isnan(mgd_loss(s, t, nn.Identity(), mask))  # a masked-out NaN still gives NaN (NaN * 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_analytic_gradient_equals_autograd_of_mse_bitwise(dtype, reduction):
-    # the official form: F.mse_loss(generated, teacher, reduction="sum") on float32 upcasts
+def test_matches_the_official_mse_form(dtype):
+    # the official form: F.mse_loss(generated, teacher, reduction="sum") / N on float32 upcasts
     s0, t = torch.randn(2, 3, 5, 7).to(dtype), torch.randn(2, 3, 5, 7).to(dtype)
     mask = mgd_random_mask(s0, 0.5, rng=torch.Generator().manual_seed(0))
-    weights = torch.arange(1.0, 3.0) if reduction == "none" else torch.tensor(1.0)
     s = s0.clone().requires_grad_(True)
-    loss = mgd_loss(s, t, nn.Identity(), mask=mask, reduction=reduction)
-    (loss.float() * weights).sum().backward()
+    mgd_loss(s, t, nn.Identity(), mask=mask).float().backward()
     s_ref = s0.clone().requires_grad_(True)
-    err = F.mse_loss(s_ref.float() * mask.float(), t.float(), reduction="none").flatten(1).sum(1)
-    ref = err if reduction == "none" else F.mse_loss(s_ref.float() * mask.float(), t.float(), reduction="sum") / 2
-    (ref.to(dtype).float() * weights).sum().backward()
-    torch.testing.assert_close(loss, ref.to(dtype), rtol=0, atol=0)
-    torch.testing.assert_close(s.grad, s_ref.grad, rtol=0, atol=0)
+    ref = F.mse_loss(s_ref.float() * mask.float(), t.float(), reduction="sum") / 2
+    ref.to(dtype).float().backward()
+    torch.testing.assert_close(mgd_loss(s0, t, nn.Identity(), mask=mask), ref.to(dtype))
+    torch.testing.assert_close(s.grad, s_ref.grad)
 
 
 @pytest.mark.parametrize("generator", [nn.Identity(), nn.Conv2d(3, 3, 1).double()])

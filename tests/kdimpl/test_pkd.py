@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
+from kdimpl import MultiLevelLoss, multilevel_loss  # noqa: E402
 from kdimpl.losses.pkd import PKDLoss, pkd_loss  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pkd" / "official_pkd.pt"
@@ -22,18 +23,26 @@ def official():
 @pytest.mark.parity
 @pytest.mark.parametrize("resize", ["student", "teacher"])
 def test_matches_official_two_levels_with_resize(official, resize):
-    # level 1 has a 7x9 student and a 14x18 teacher: the official code resizes bilinearly.
-    s0 = official["student0"].clone().requires_grad_(True)
-    s1 = official["student1"].clone().requires_grad_(True)
-    l0 = pkd_loss(s0, official["teacher0"], resize=resize)
-    l1 = pkd_loss(s1, official["teacher1"], resize=resize)
-    (l0 + l1).backward()
+    # level 1 has a 7x9 student and a 14x18 teacher: the official code resizes bilinearly and sums the levels.
+    students = [official["student0"].clone().requires_grad_(True), official["student1"].clone().requires_grad_(True)]
+    teachers = [official["teacher0"], official["teacher1"]]
+    loss = multilevel_loss(pkd_loss, students, teachers, resize=resize)
+    loss.backward()
     key = f"resize_{resize}"
-    torch.testing.assert_close(l0.detach(), official[f"{key}_level0_loss"], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(l1.detach(), official[f"{key}_level1_loss"], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close((l0 + l1).detach(), official[f"{key}_loss"], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(s0.grad, official[f"{key}_grad0"], rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(s1.grad, official[f"{key}_grad1"], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(loss.detach(), official[f"{key}_loss"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(students[0].grad, official[f"{key}_grad0"], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(students[1].grad, official[f"{key}_grad1"], rtol=1e-5, atol=1e-8)
+    for level in range(2):
+        value = pkd_loss(students[level], teachers[level], resize=resize)
+        torch.testing.assert_close(value.detach(), official[f"{key}_level{level}_loss"], rtol=1e-5, atol=1e-7)
+
+
+def test_module_twin_over_levels():
+    students = [torch.randn(2, 3, 16 // 2**i, 20 // 2**i) for i in range(3)]
+    teachers = [0.5 * s + torch.randn_like(s) for s in students]
+    criterion = MultiLevelLoss(PKDLoss(), loss_weight=6.0)
+    expected = 6.0 * sum(pkd_loss(s, t) for s, t in zip(students, teachers))
+    torch.testing.assert_close(criterion(students, teachers), expected)
 
 
 @pytest.mark.parity
@@ -63,7 +72,7 @@ def test_equals_one_minus_pearson_per_channel():
     torch.testing.assert_close(pkd_loss(s, t, eps=1e-12), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_closed_form_equals_standardise_then_mse():
+def test_mean_is_official_standardise_then_mse_and_none_gives_the_elements():
     s, t = torch.randn(2, 4, 5, 9) * 3 + 2, torch.randn(2, 4, 5, 9) - 1
 
     def norm(x):
@@ -72,7 +81,9 @@ def test_closed_form_equals_standardise_then_mse():
     expected = F.mse_loss(norm(s), norm(t)) / 2
     torch.testing.assert_close(pkd_loss(s, t), expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(pkd_loss(s, t, reduction="sum"), expected * s.numel(), rtol=1e-5, atol=1e-5)
-    assert pkd_loss(s, t, reduction="none").shape == (4,)
+    elements = pkd_loss(s, t, reduction="none")
+    torch.testing.assert_close(elements, (norm(s) - norm(t)).square() / 2)
+    torch.testing.assert_close(elements.mean(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_invariant_to_positive_affine_maps_per_channel():
@@ -96,14 +107,24 @@ def test_rejects_bad_inputs():
         PKDLoss(resize="both")
 
 
-def test_row_moments_equal_channel_moments():
-    from kdimpl.losses.pkd import _channel_moments, _row_moments
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_fast_form_matches_the_reference_form(scale):
+    from kdimpl.losses.pkd import _StandardizedSquaredError, _standardize
 
-    s = torch.randn(3, 4, 5, 6, dtype=torch.float64) * 2 + torch.arange(4.0, dtype=torch.float64)[:, None, None]
-    t = 0.3 * s + torch.randn(3, 4, 5, 6, dtype=torch.float64)
-    s[1] += 5.0  # images with different means exercise the exact combination
-    for ours, reference in zip(_row_moments(s, t), _channel_moments(s, t)):
-        torch.testing.assert_close(ours.reshape(reference.shape), reference, rtol=1e-12, atol=1e-12)
+    s0 = torch.randn(3, 4, 5, 6, dtype=torch.float64) * scale + torch.arange(4.0, dtype=torch.float64)[:, None, None]
+    t = 0.3 * s0 + torch.randn(3, 4, 5, 6, dtype=torch.float64) * scale
+    s0[:, 2] = 0.25  # a constant channel: zero slope through its standard deviation, as torch.std's backward
+    weights = torch.rand(4, dtype=torch.float64)  # a non-uniform upstream gradient per channel
+    grads = []
+    for form in ("reference", "fast"):
+        s = s0.clone().requires_grad_(True)
+        if form == "fast":
+            per_channel = _StandardizedSquaredError.apply(s, t, 1e-6)
+        else:
+            per_channel = (0.5 * (_standardize(s, 1e-6) - _standardize(t, 1e-6)).square()).sum((0, 2, 3))
+        (per_channel * weights).sum().backward()
+        grads.append((per_channel.detach(), s.grad))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

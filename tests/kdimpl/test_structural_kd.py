@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl.losses.structural_kd import StructuralKDLoss, ssim_map, structural_kd_loss  # noqa: E402
+from kdimpl import MultiLevelLoss  # noqa: E402
+from kdimpl.losses.structural_kd import StructuralKDLoss, structural_kd_loss, structural_kd_ssim_map  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "structural_kd" / "kornia_ssim.pt"
 
@@ -30,8 +31,18 @@ def test_matches_kornia_ssim_loss(reference, window, padding):
 
 
 @pytest.mark.parity
+def test_kornias_eps_gives_the_same_numbers(reference):
+    for eps in (1e-12, None):
+        student = reference["student"].clone().requires_grad_(True)
+        loss = structural_kd_loss(student, reference["teacher"], eps=eps)
+        loss.backward()
+        torch.testing.assert_close(loss.detach(), reference["w11_same_loss"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(student.grad, reference["w11_same_grad"], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parity
 def test_matches_kornia_ssim_map_and_max_val(reference):
-    torch.testing.assert_close(ssim_map(reference["student"], reference["teacher"]), reference["w11_same_map"])
+    torch.testing.assert_close(structural_kd_ssim_map(reference["student"], reference["teacher"]), reference["w11_same_map"])
     student = (reference["student"] * 30).requires_grad_(True)
     loss = structural_kd_loss(student, reference["teacher"] * 30, window_size=7, max_val=255.0)
     loss.backward()
@@ -43,8 +54,8 @@ def test_constant_maps_match_the_formula():
     a, b = 0.3, -0.2
     x, y = torch.full((1, 2, 8, 9), a, dtype=torch.float64), torch.full((1, 2, 8, 9), b, dtype=torch.float64)
     c1, c2 = 1e-4, 9e-4
-    expected = (2 * a * b + c1) * c2 / ((a * a + b * b + c1) * c2 + 1e-12)
-    torch.testing.assert_close(ssim_map(x, y), torch.full_like(x, expected))
+    expected = (2 * a * b + c1) * c2 / ((a * a + b * b + c1) * c2)
+    torch.testing.assert_close(structural_kd_ssim_map(x, y), torch.full_like(x, expected))
     loss = structural_kd_loss(x, y)
     torch.testing.assert_close(loss, torch.tensor((1 - expected) / 2, dtype=torch.float64))
 
@@ -77,3 +88,11 @@ def test_rejects_bad_options():
         structural_kd_loss(s, t, window_size=4)
     with pytest.raises(ValueError, match="padding"):
         StructuralKDLoss(padding="reflect")
+
+
+def test_module_twin_over_levels():
+    students = [torch.randn(2, 3, 16 // 2**i, 24 // 2**i) for i in range(3)]
+    teachers = [0.5 * s + torch.randn_like(s) for s in students]
+    criterion = MultiLevelLoss(StructuralKDLoss(window_size=5), loss_weight=2.0)
+    expected = 2.0 * sum(structural_kd_loss(s, t, window_size=5) for s, t in zip(students, teachers))
+    torch.testing.assert_close(criterion(students, teachers), expected)

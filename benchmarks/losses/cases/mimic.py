@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from kdimpl.losses.mimic import mimic_loss
+from kdimpl import mimic_loss, multilevel_loss
 from . import BenchCase, feature_levels
+from .cwd import CHANNELS
 
 
-def _make(device, dtype, levels, gt_boxes, image_size, channels=256):
-    student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
-
-    def run():
-        return sum(mimic_loss(s, t, gt_boxes, image_size=image_size) for s, t in zip(student, teacher))
-
-    return run
+def _make(device, dtype, levels, gt_boxes, image_size):
+    students, teachers = feature_levels(device, dtype, levels, len(gt_boxes), CHANNELS)
+    return lambda: multilevel_loss(mimic_loss, students, teachers, proposals=gt_boxes, image_size=image_size)
 
 
-BENCH = [BenchCase("mimic", _make)]
+BENCH = [BenchCase("mimic", _make, channels=CHANNELS)]

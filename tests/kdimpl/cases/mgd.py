@@ -1,7 +1,7 @@
 import torch
 
 from kdimpl._dtypes import compute_dtype
-from kdimpl.adapters.mgd import MGDGenerator
+from kdimpl import MGDGenerator
 from kdimpl.losses.mgd import mgd_random_mask
 
 from . import LossCase, feature_pair
@@ -15,7 +15,7 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
             p.copy_(0.2 * torch.randn(p.shape, generator=generator))
     block = block.to(device=device, dtype=compute_dtype(student))
     mask = mgd_random_mask(student, 0.5, rng=generator)
-    return (student, teacher), {"generator": block, "mask": mask}
+    return (student, teacher), {"generator_student": block, "mask": mask}
 
 
 # Not zero at student == teacher: the generation block is not the identity, and the masked
