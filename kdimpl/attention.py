@@ -27,7 +27,8 @@ def spatial_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
         scale: multiply by ``H * W`` so the map averages to 1 (the papers' choice).
 
     Returns:
-        ``(N, H, W)`` map, in float32 for half inputs, otherwise in the input dtype.
+        ``(N, H, W)`` map, in float32 for half inputs, otherwise in the input dtype. A NaN in an
+        image makes that image's map NaN; an empty batch gives an empty map.
     """
     n, _, h, w = features.shape
     # an L1 norm is one fused reduction; abs().mean() would first write |F| out in full
@@ -42,8 +43,14 @@ def channel_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
     .. math::
         A^C(F) = C \cdot \operatorname{softmax}\Big(\frac{1}{T H W}\sum_{i,j} |F_{i,j}|\Big)
 
+    Args:
+        features: ``(N, C, H, W)`` feature map.
+        temperature: softmax temperature ``T``.
+        scale: multiply by ``C`` so the weights average to 1 (the papers' choice).
+
     Returns:
-        ``(N, C)`` weights, in float32 for half inputs, otherwise in the input dtype.
+        ``(N, C)`` weights, in float32 for half inputs, otherwise in the input dtype; NaN and
+        empty batches as in :func:`spatial_attention`.
     """
     c = features.shape[1]
     energy = torch.linalg.vector_norm(upcast(features), ord=1, dim=(2, 3)) / (features.shape[2] * features.shape[3])

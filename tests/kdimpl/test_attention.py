@@ -124,3 +124,18 @@ def test_standardize_maps_constant_slices_to_zero():
     out = standardize(x, (2, 3))
     assert torch.isfinite(out).all() and out[0, 1].eq(0).all()
     assert standardize(x.half(), (2, 3)).dtype == torch.float32
+
+
+def test_nan_reaches_only_its_image():
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(2))
+    x[1, 0, 2, 2] = float("nan")
+    for result in (spatial_attention(x), channel_attention(x)):
+        assert torch.isfinite(result[0]).all() and torch.isnan(result[1]).all()
+
+
+def test_empty_batch_gives_empty_maps_in_the_graph():
+    x = torch.zeros(0, 3, 4, 5, requires_grad=True)
+    spatial, channel = spatial_attention(x), channel_attention(x)
+    assert spatial.shape == (0, 4, 5) and channel.shape == (0, 3)
+    (spatial.sum() + channel.sum()).backward()
+    assert x.grad is not None and x.grad.shape == x.shape
