@@ -34,6 +34,7 @@ from catalog.loader import (
     parse_text,
     read_bytes,
     read_document,
+    read_regular_file,
     schema_problems,
 )
 from catalog.kdimpl_index import scan
@@ -279,6 +280,38 @@ def _scalar_node(doc: Document, where: tuple):
 _TEXT_FIELDS = (("method", False), ("title", False), ("venue", False), ("description", True))
 
 
+def field_problems(doc: Document, year_limit: int, skip: frozenset[str] = frozenset()) -> list[Problem]:
+    """The rules on the year, venue, authors and text fields, on those of the right type and not in ``skip``.
+
+    A file that fails the schema gets these too (``skip``: the fields the schema complained about), so
+    a contributor sees every problem that can be found at once.
+    """
+    data = doc.data
+    problems: list[Problem] = []
+    year = data.get("year")
+    if "year" not in skip and isinstance(year, (int, float)) and not isinstance(year, bool):
+        problems.extend(year_problems(doc, year, year_limit))
+    if "venue" not in skip and isinstance(data.get("venue"), str):
+        problems.extend(venue_problems(doc, data["venue"]))
+    if "description" not in skip and isinstance(data.get("description"), str):
+        problems.extend(length_problems(doc, ("description",), data["description"]))
+    # Most values break no text rule: text_problems's first test, inlined here, spares a call per value.
+    clean = _CLEAN_RE.match
+    for key, sentence in _TEXT_FIELDS:
+        value = data.get(key)
+        if key not in skip and isinstance(value, str) and (not clean(value) or (sentence and not value.endswith("."))):
+            problems.extend(text_problems(doc, (key,), value, sentence=sentence))
+    authors = data.get("authors")
+    if "authors" not in skip and isinstance(authors, list):
+        for index, author in enumerate(authors):
+            if not isinstance(author, str):
+                continue
+            if not clean(author):
+                problems.extend(text_problems(doc, ("authors", index), author))
+            problems.extend(author_problems(doc, index, author))
+    return problems
+
+
 def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplIndex, year_limit: int) -> list[Problem]:
     """The rules beyond the schema for one paper whose data passed the schema.
 
@@ -292,21 +325,7 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
         problems.append(
             Problem(doc.path, 1, FILE_FIELD, "file name must be <id>.yaml, the id in lowercase letters, digits and '-'")
         )
-    problems.extend(year_problems(doc, data["year"], year_limit))
-    problems.extend(venue_problems(doc, data["venue"]))
-    problems.extend(length_problems(doc, ("description",), data["description"]))
-
-    # Most values break no text rule: text_problems's first test, inlined here, spares a call per value.
-    clean = _CLEAN_RE.match
-    for key, sentence in _TEXT_FIELDS:
-        if key in data:
-            value = data[key]
-            if not clean(value) or (sentence and not value.endswith(".")):
-                problems.extend(text_problems(doc, (key,), value, sentence=sentence))
-    for index, author in enumerate(data["authors"]):
-        if not clean(author):
-            problems.extend(text_problems(doc, ("authors", index), author))
-        problems.extend(author_problems(doc, index, author))
+    problems.extend(field_problems(doc, year_limit))
 
     kinds = link_kinds()
     paper_kinds = kinds["paper"]
@@ -567,6 +586,8 @@ def _check_text(rel: str, raw: bytes, known: list[str], kdimpl: _KdimplIndex, li
     schema_errors = schema_problems(doc, "paper")
     if schema_errors:
         doc.problems.extend(schema_errors)
+        failed = frozenset(problem.field.split(".")[0].split("[")[0] for problem in schema_errors)
+        doc.problems.extend(field_problems(doc, limit, skip=failed))
         return doc, False
     doc.problems.extend(paper_problems(doc, known, kdimpl, limit))
     return doc, True
@@ -619,7 +640,7 @@ def validate_root(root: Path) -> Result:
             loaded.append(doc)
             papers.append(build_paper(doc))
     try:
-        readme = (root / "README.md").read_text(encoding="utf-8", errors="replace")
+        readme = read_regular_file(root / "README.md").decode("utf-8", errors="replace")
     except OSError:
         readme = ""
     problems.extend(duplicate_problems(loaded, readme))

@@ -417,11 +417,16 @@ def test_full_yaml_parser_reports_the_same_lines(tmp_path, name):
 def test_several_problems_are_reported_at_once(tmp_path):
     text = edit("year: 2022", "year: 1989", edit("titel", "titel", edit("title:", "titel:")))
     text = edit("description: A test description.", "description: no period", text)
+    text = edit("venue: CVPR", "venue: Cvpr 2022", edit("  - Alan Turing", "  - Turing, Alan", text))
+    # The schema fails, yet the rules on fields of the right type run too: nothing waits for the next run.
     assert problems_for(tmp_path, {"papers/x.yaml": text}) == [
         "papers/x.yaml:2: title: missing required field",
         "papers/x.yaml:3: titel: unknown field; did you mean 'title'?",
+        "papers/x.yaml:6: authors[1]: 'Turing, Alan' reads as 'Last, First'; write it as 'Alan Turing' (First Last)",
+        "papers/x.yaml:7: venue: unknown venue 'Cvpr 2022'; write it as 'CVPR'; the year goes in `year`, not in the venue",
         f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}",
-    ]  # the description rule runs once the schema passes, so it waits for the next run
+        "papers/x.yaml:12: description: must end with a period",
+    ]
 
 
 FILE_CASES = {
