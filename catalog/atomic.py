@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -20,11 +22,8 @@ def write_files(files: dict[Path, str]) -> None:
         for path, text in files.items():
             path = Path(path)
             data = text.encode("utf-8")
-            try:
-                if path.read_bytes() == data:
-                    continue
-            except FileNotFoundError:
-                pass
+            if _current(path) == data:
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             pending.append((temp, path))
@@ -53,6 +52,18 @@ def write_files(files: dict[Path, str]) -> None:
                 except FileNotFoundError:
                     pass
             raise
+
+
+def _current(path: Path) -> bytes | None:
+    """The bytes of the file at ``path``; None when there is none or it is not a regular file (a FIFO is
+    replaced, never read). Raises :class:`IsADirectoryError` for a folder, before anything is written."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    return path.read_bytes() if stat.S_ISREG(mode) else None
 
 
 def write_file(path: Path, text: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from catalog.loader import read_regular_file
+
 
 def _literal_names(node: ast.expr) -> list[str]:
     if isinstance(node, (ast.List, ast.Tuple)):
@@ -52,7 +54,7 @@ def module_exports(source: str) -> list[str]:
 def scan(root: str | Path) -> dict[str, str]:
     """``{exported name: repository-relative defining file}`` for ``root/kdimpl``.
 
-    Files that do not parse (for instance while being edited) are skipped. When two modules
+    Files that cannot be read or do not parse (while being edited, or a FIFO) are skipped. When two modules
     export the same name, the first in sorted path order wins.
     """
     root = Path(root)
@@ -62,8 +64,8 @@ def scan(root: str | Path) -> dict[str, str]:
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
         try:
-            names = module_exports(path.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            names = module_exports(read_regular_file(path).decode("utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError):
             continue
         for name in names:
             index.setdefault(name, rel)

@@ -20,7 +20,7 @@ def load_for(command: str, root: Path) -> Catalog:
 
 def reason(error: OSError) -> str:
     """An :class:`OSError` in a few words (``Permission denied``), without its errno or path."""
-    return error.strerror or str(error)
+    return error.strerror or str(error)  # an UnreadableFile has no strerror: its text is the reason
 
 
 def validated(command: str, root: Path, consequence: str) -> Result | None:

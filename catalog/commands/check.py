@@ -8,6 +8,7 @@ from pathlib import Path
 
 from catalog import render
 from catalog.commands._common import reason, validated
+from catalog.loader import UnreadableFile
 
 HELP = "validate papers/ and say whether README.md and papers.bib are up to date"
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     for path, text in outputs.items():
         rel = path.relative_to(root).as_posix()
         try:
+            if path.exists() and not path.is_file():
+                raise UnreadableFile("is not a regular file")
             diff = render.diff_against_file(path, text, rel)
         except OSError as error:
             print(f"catalog check: cannot read {rel}: {reason(error)}", file=sys.stderr)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import subprocess
+import sys
+
 import pytest
 
 from catalog import cli
-from tests.catalog.repo import make_repo, run_module
+from tests.catalog.repo import REPO, make_repo, run_module
 
 
 def test_build_then_check_exit_zero(tmp_path):
@@ -42,9 +47,19 @@ def test_help_exits_zero(capsys):
 
 
 def test_every_command_is_a_module_with_help_arguments_and_run():
-    for name, module in cli.COMMANDS.items():
-        assert module.__name__.startswith("catalog.commands."), name
+    for name, module_name in cli.COMMANDS.items():
+        assert module_name.startswith("catalog.commands."), name
+        module = importlib.import_module(module_name)
         assert module.HELP and callable(module.add_arguments) and callable(module.run), name
+
+
+def test_a_command_imports_only_its_own_module():
+    code = "import sys; from catalog import cli; cli.main(['check', '--help']); print(sorted(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert "catalog.commands.check" in result.stdout
+    for name in ("catalog.commands.links", "catalog.commands.new", "requests", "mistune"):
+        assert f"'{name}'" not in result.stdout, name
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,22 @@ def test_a_folder_where_a_file_is_expected(tmp_path, command):
     folder.mkdir()
     result = run_module(*[part.format(dir=folder) for part in command], "--root", str(root))
     assert_one_line_failure(result)
+
+
+@needs_fifo
+def test_a_fifo_in_kdimpl_does_not_hang_the_index(tmp_path):
+    root = make_repo(tmp_path)
+    os.mkfifo(root / "kdimpl" / "losses" / "pipe.py")
+    result = run_module("build", "--root", str(root), timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_fifo
+def test_generated_files_that_are_fifos_do_not_hang(tmp_path):
+    root = make_repo(tmp_path)
+    os.mkfifo(root / "README.md")
+    check = run_module("check", "--root", str(root), timeout=30)
+    assert_one_line_failure(check, "catalog check: cannot read README.md: is not a regular file")
+    build = run_module("build", "--root", str(root), timeout=30)
+    assert build.returncode == 0, build.stderr
+    assert (root / "README.md").is_file()  # the FIFO was replaced, never read

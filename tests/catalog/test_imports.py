@@ -20,11 +20,14 @@ def module_name(path: Path) -> str:
 
 
 def imported(tree: ast.Module, name: str, is_package: bool) -> set[str]:
-    """Every module named by an import statement anywhere in ``tree`` (relative imports resolved)."""
+    """Every module named by an import statement anywhere in ``tree`` (relative imports resolved), and every
+    string naming a ``catalog`` module (imported with :func:`importlib.import_module`)."""
     found: set[str] = set()
     package = name if is_package else name.rpartition(".")[0]
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("catalog."):
+            found.add(node.value)
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
