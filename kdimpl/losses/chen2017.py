@@ -16,54 +16,54 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import _tracing, check_feature_pair, check_positive, check_reduction, check_tensor
+from .._base import LossModule
+from .._checks import _tracing, check_background_index, check_feature_pair, check_options, check_same_shape
+from .._checks import check_shape
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
 
-__all__ = [
-    "chen2017_hint_loss",
-    "chen2017_soft_ce_loss",
-    "chen2017_bounded_regression_loss",
-    "Chen2017HintLoss",
-    "Chen2017SoftCELoss",
-    "Chen2017BoundedRegressionLoss",
-]
+_NORMS = ("l1", "l2")
 
-def chen2017_hint_loss(
-    student: Tensor, teacher: Tensor, *, norm: str = "l2", reduction: str = "mean"
-) -> Tensor:
+
+def _check_norm(norm: str) -> None:
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+
+
+def chen2017_hint_loss(student: Tensor, teacher: Tensor, *, norm: str = "l2", reduction: str = "mean") -> Tensor:
     r"""Hint loss (Sec. 3.4): distance between the adapted student layer and the teacher's hint layer.
 
     .. math::
         L_{Hint}(V, Z) = \lVert V - Z \rVert_2^2 \quad\text{or}\quad L_{Hint}(V, Z) = \lVert V - Z \rVert_1
 
     where :math:`V` is the student's guided layer after the adaptation layer and :math:`Z` the
-    teacher's hint layer; the paper gives both the squared-L2 and the L1 form.
+    teacher's hint layer; the paper gives both the squared-L2 and the L1 form. Over FPN levels:
+    ``multilevel_loss(chen2017_hint_loss, students, teachers)``.
 
     Args:
         student: adapted student features :math:`V` (apply an adaptation layer such as
             :class:`kdimpl.ChannelAdapter` first; the paper finds one helps even when channels match).
         teacher: teacher hint features :math:`Z` of the same shape (detached inside).
         norm: ``'l2'`` (default): squared L2 :math:`(V - Z)^2`; ``'l1'``: :math:`|V - Z|`.
-        reduction: ``'sum'``: the paper's :math:`\lVert V - Z\rVert_2^2` (or :math:`\lVert V - Z\rVert_1`);
-            ``'mean'``: that sum divided by the number of elements (scale-free across feature
-            sizes); ``'none'``: element-wise.
+        reduction: ``'mean'`` (default) divides the sum by the number of elements (the paper does not
+            state a normalisation; this one is scale-free across feature sizes, and it is the element
+            mean of the ``'none'`` output); ``'sum'`` gives the paper's :math:`\lVert V - Z\rVert_2^2`
+            (or :math:`\lVert V - Z\rVert_1`); ``'none'`` returns the element-wise distances.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)` (any shape works as long as both match)
         - output: scalar, or the input shape with ``reduction='none'``
 
+    Returns:
+        The loss, in the dtype of ``student``.
+
     Reference:
         Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
         Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
         No official code; hint learning with adaptation layers.
-
-    Notes:
-        The paper does not state how the hint loss is normalised; choose ``reduction`` and the
-        weight :math:`\gamma` together.
 
     Example:
         >>> import torch
@@ -71,18 +71,17 @@ def chen2017_hint_loss(
         tensor(24.)
         >>> chen2017_hint_loss(torch.full((1, 2), 3.0), torch.zeros(1, 2), norm="l1", reduction="sum")
         tensor(6.)
+
+    Notes:
+        The paper does not state how the hint loss is normalised; choose ``reduction`` and the
+        weight :math:`\gamma` together.
     """
-    check_feature_pair(student, teacher, ndim=None, dims="")
-    check_reduction(reduction)
+    check_feature_pair(student, teacher, "*")
+    check_options(reduction=reduction)
     _check_norm(norm)
     diff = upcast(student) - upcast(teacher.detach())
-    err = diff.pow(2) if norm == "l2" else diff.abs()
+    err = diff.square() if norm == "l2" else diff.abs()
     return reduce_loss(err, reduction).to(student.dtype)
-
-
-def _check_norm(norm: str) -> None:
-    if norm not in ("l1", "l2"):
-        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
 
 
 def chen2017_soft_ce_loss(
@@ -106,23 +105,36 @@ def chen2017_soft_ce_loss(
     cross-entropy is the detector's own loss and is left to the caller.
 
     Args:
-        student_logits: ``(R, K)`` class logits of the student on R samples (RoIs or anchors).
+        student_logits: ``(R, K)`` class logits of the student on R samples (RoIs or anchors),
+            background included.
         teacher_logits: ``(R, K)`` teacher logits on the same samples (detached inside).
         temperature: :math:`T`; the paper reports :math:`T = 1` (no temperature) works best.
-        background_weight: :math:`w_{bg}`.
-        background_index: column of the background class (torchvision: 0; mmdet: ``-1``, the last).
-        class_weights: optional ``(K,)`` weights replacing the background/other scheme.
-        reduction: ``'mean'``: average over the R samples, the paper's :math:`\frac{1}{N}\sum_i`;
-            ``'sum'``: sum over samples; ``'none'``: ``(R,)`` per-sample losses.
+        background_weight: :math:`w_{bg}`, the weight of the background class.
+        background_index: column of the background class: 0 (default, torchvision's convention) or
+            ``-1`` (mmdetection's, the last column); range-checked against ``K``.
+        class_weights: optional ``(K,)`` per-class weights :math:`w_c` replacing the
+            background/other scheme.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the mean over the R
+            samples (:math:`\frac{1}{N}\sum_i`), which is the element mean of the ``'none'``
+            output; ``'sum'`` sums over samples; ``'none'`` returns the ``(R,)`` per-sample losses.
 
     Shape:
         - student_logits, teacher_logits: :math:`(R, K)`
         - output: scalar, or :math:`(R,)` with ``reduction='none'``
 
+    Returns:
+        The loss, in the dtype of ``student_logits``.
+
     Reference:
         Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
         Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
         No official code; weighted cross-entropy for class imbalance.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([[0.0, 0.0]])
+        >>> chen2017_soft_ce_loss(z, z, background_weight=1.0)  # log 2
+        tensor(0.6931)
 
     Notes:
         This is soft-target cross-entropy, not KL: it is not zero when the distributions match
@@ -130,27 +142,17 @@ def chen2017_soft_ce_loss(
         No :math:`T^2` factor is applied (the transcribed equations have none). For the RPN the two
         classes are {background, object}. :math:`w_{bg} = 1.5` (PASCAL) and :math:`T = 1` come from
         secondary descriptions of the paper's text (unverified).
-
-    Example:
-        >>> import torch
-        >>> z = torch.tensor([[0.0, 0.0]])
-        >>> chen2017_soft_ce_loss(z, z, background_weight=1.0)  # log 2
-        tensor(0.6931)
     """
-    check_tensor(student_logits, "student_logits", 2, "R K")
-    check_tensor(teacher_logits, "teacher_logits", 2, "R K")
-    check_reduction(reduction)
-    check_positive(temperature, "temperature")
-    if not _tracing() and student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} must match"
-        )
+    check_shape(student_logits, "student_logits", "R K")
+    check_shape(teacher_logits, "teacher_logits", "R K")
+    check_same_shape(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+    check_options(temperature=temperature, background_weight=background_weight, reduction=reduction)
+    num_classes = student_logits.shape[1]
     s = upcast(student_logits)
     t = upcast(teacher_logits.detach())
-    num_classes = s.shape[1]
     if class_weights is None:
         weights = torch.ones(num_classes, dtype=s.dtype, device=s.device)
-        weights[background_index % num_classes] = background_weight
+        weights[check_background_index(background_index, num_classes)] = background_weight
     else:
         if not _tracing() and class_weights.shape != (num_classes,):
             raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
@@ -167,7 +169,7 @@ def chen2017_bounded_regression_loss(
     target: Tensor,
     *,
     margin: float = 0.0,
-    weight: Tensor | None = None,
+    positive_mask: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Teacher-bounded regression loss (Sec. 3.3): student L2 error, gated by the teacher's error.
@@ -187,27 +189,28 @@ def chen2017_bounded_regression_loss(
         student: ``(..., D)`` student regression outputs :math:`R_s` (e.g. ``(R, 4)`` deltas).
         teacher: ``(..., D)`` teacher outputs :math:`R_t` on the same samples, encoded the same way
             (detached inside; the gate receives no gradient).
-        target: ``(..., D)`` regression targets :math:`y`.
+        target: ``(..., D)`` regression targets :math:`y` (meaningful on positive samples only).
         margin: :math:`m`; the default 0 (gate on as soon as the student is worse than the teacher)
             is our choice, not a value read from the paper.
-        weight: optional ``(...)`` per-sample weights, e.g. a 0/1 positive mask (regression is
-            only defined on positive samples).
-        reduction: ``'mean'``: average over the samples (all of ``(...)``, including those weighted 0),
-            the paper's :math:`\frac{1}{N}\sum_i`; ``'sum'``; ``'none'``: ``(...)`` per-sample values.
+        positive_mask: optional ``(...)`` mask of the positive samples (bool, or 0/1), the ones
+            matched to a GT box: regression targets exist only there. The other samples give 0.
+        reduction: ``'mean'`` (default) applies the paper's own normalisation, the mean over all
+            samples (:math:`\frac{1}{N}\sum_i`, counting those outside ``positive_mask`` as 0, as
+            mmdetection's RoI heads average over every sampled RoI), which is the element mean of the
+            ``'none'`` output; ``'sum'`` sums; ``'none'`` returns the ``(...)`` per-sample values.
 
     Shape:
-        - student, teacher, target: :math:`(..., D)`
+        - student, teacher, target: :math:`(..., D)`; positive_mask: :math:`(...)`
         - output: scalar, or :math:`(...)` with ``reduction='none'``
+
+    Returns:
+        The loss, in the dtype of ``student``; NaN wherever the teacher or the target is NaN (the
+        gate is then undefined).
 
     Reference:
         Guobin Chen, Wongun Choi, Xiang Yu, Tony Han, Manmohan Chandraker. "Learning Efficient
         Object Detection Models with Knowledge Distillation". NeurIPS 2017 (no arXiv version).
         No official code; teacher bounded regression loss.
-
-    Notes:
-        The gate is a strict inequality, as transcribed: a student whose error plus :math:`m` equals
-        the teacher's error gets no loss. The student is judged against the teacher per sample; no
-        value of :math:`m` was found in the sources read, so set ``margin`` from your own tuning.
 
     Example:
         >>> import torch
@@ -216,49 +219,49 @@ def chen2017_bounded_regression_loss(
         >>> t = torch.full((2, 4), 0.25)  # teacher error 0.25 for both samples
         >>> chen2017_bounded_regression_loss(s, t, y, reduction="none")
         tensor([1., 0.])
+
+    Notes:
+        The gate is a strict inequality, as transcribed: a student whose error plus :math:`m` equals
+        the teacher's error gets no loss. The student is judged against the teacher per sample; no
+        value of :math:`m` was found in the sources read, so set ``margin`` from your own tuning.
     """
-    check_feature_pair(student, teacher, ndim=None, dims="")
-    check_tensor(target, "target", student.dim())
-    check_reduction(reduction)
-    if not _tracing() and target.shape != student.shape:
-        raise ValueError(f"target {tuple(target.shape)} must match student {tuple(student.shape)}")
+    check_feature_pair(student, teacher, "* D")
+    check_shape(target, "target", "* D")
+    check_same_shape(target, student, ("target", "student"))
+    check_options(reduction=reduction)
+    if positive_mask is not None:
+        check_shape(positive_mask, "positive_mask", "*", floating=False)
+        if not _tracing() and positive_mask.shape != student.shape[:-1]:
+            raise ValueError(f"positive_mask must have shape {tuple(student.shape[:-1])} (one entry per sample), "
+                             f"got {tuple(positive_mask.shape)}")
     s = upcast(student)
     t = upcast(teacher.detach())
     y = upcast(target.detach()).to(s.dtype)
-    err_s = (s - y).pow(2).sum(dim=-1)
-    err_t = (t - y).pow(2).sum(dim=-1)
+    err_s = (s - y).square().sum(dim=-1)
+    err_t = (t - y).square().sum(dim=-1)
     gate = (err_s.detach() + margin > err_t).to(s.dtype)
+    # a NaN teacher error leaves the gate undefined: NaN out, not a silent 0
+    gate = torch.where(err_t.isnan(), err_t, gate)
     per_sample = gate * err_s
-    if weight is not None:
-        per_sample = per_sample * weight.to(s.dtype)
+    if positive_mask is not None:
+        per_sample = per_sample * positive_mask.to(s.dtype)
     return reduce_loss(per_sample, reduction).to(student.dtype)
 
 
 @register_loss("chen2017_hint", function=chen2017_hint_loss)
-class Chen2017HintLoss(nn.Module):
-    """Module twin of :func:`chen2017_hint_loss`.
-
-    ``loss_weight`` plays the paper's :math:`\\gamma` (reported as 0.5; unverified).
-    """
+class Chen2017HintLoss(LossModule):
+    r"""Module twin of :func:`chen2017_hint_loss`; ``loss_weight`` multiplies the result (the paper's
+    :math:`\gamma`, reported as 0.5; unverified)."""
 
     def __init__(self, *, norm: str = "l2", reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
         _check_norm(norm)
-        check_reduction(reduction)
-        self.norm = norm
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.loss_weight * chen2017_hint_loss(student, teacher, norm=self.norm, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"norm={self.norm!r}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(norm=norm, reduction=reduction, loss_weight=loss_weight)
 
 
 @register_loss("chen2017_soft_ce", function=chen2017_soft_ce_loss)
-class Chen2017SoftCELoss(nn.Module):
-    """Module twin of :func:`chen2017_soft_ce_loss`; set ``loss_weight`` to :math:`1 - \\mu`."""
+class Chen2017SoftCELoss(LossModule):
+    r"""Module twin of :func:`chen2017_soft_ce_loss`; ``loss_weight`` multiplies the result (set it to
+    :math:`1 - \mu`). ``class_weights`` is kept as a buffer, so it follows the module's device."""
 
     def __init__(
         self,
@@ -270,52 +273,18 @@ class Chen2017SoftCELoss(nn.Module):
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__()
-        check_positive(temperature, "temperature")
-        check_reduction(reduction)
-        self.temperature = temperature
-        self.background_weight = background_weight
-        self.background_index = background_index
+        super().__init__(
+            temperature=temperature, background_weight=background_weight, background_index=background_index,
+            class_weights=None, reduction=reduction, loss_weight=loss_weight,
+        )
+        del self.class_weights
         self.register_buffer("class_weights", class_weights, persistent=False)
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return self.loss_weight * chen2017_soft_ce_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature,
-            background_weight=self.background_weight,
-            background_index=self.background_index,
-            class_weights=self.class_weights,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, background_weight={self.background_weight}, "
-            f"background_index={self.background_index}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
-        )
 
 
 @register_loss("chen2017_bounded_regression", function=chen2017_bounded_regression_loss)
-class Chen2017BoundedRegressionLoss(nn.Module):
-    """Module twin of :func:`chen2017_bounded_regression_loss`.
-
-    ``loss_weight`` plays the paper's :math:`\\nu` (reported as 0.5; unverified).
-    """
+class Chen2017BoundedRegressionLoss(LossModule):
+    r"""Module twin of :func:`chen2017_bounded_regression_loss`; ``loss_weight`` multiplies the result
+    (the paper's :math:`\nu`, reported as 0.5; unverified)."""
 
     def __init__(self, *, margin: float = 0.0, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.margin = margin
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student: Tensor, teacher: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        return self.loss_weight * chen2017_bounded_regression_loss(
-            student, teacher, target, margin=self.margin, weight=weight, reduction=self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(margin=margin, reduction=reduction, loss_weight=loss_weight)

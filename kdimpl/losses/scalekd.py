@@ -12,35 +12,22 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_feature_pair, check_positive, check_reduction, check_tensor
+from .._base import LossModule
+from .._checks import check_feature_pair, check_options, check_same_shape, check_shape
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
+from ..adapters.scalekd import ScaleDecoupledFeature
 
-__all__ = [
-    "scalekd_feature_loss",
-    "ScaleKDFeatureLoss",
-    "scalekd_assistant_cls_loss",
-    "ScaleKDAssistantClsLoss",
-    "scalekd_assistant_box_loss",
-    "ScaleKDAssistantBoxLoss",
-]
-
-_REFERENCE = """
-    Reference:
-        Yichen Zhu, Qiqi Zhou, Ning Liu, Zhiyuan Xu, Zhicai Ou, Xiaofeng Mou, Jian Tang. "ScaleKD:
-        Distilling Scale-Aware Knowledge in Small Object Detector". CVPR 2023, pp. 19723-19733
-        (CVF open access; no arXiv version, no official code; deep-optimization/ScaleKD is an unrelated
-        NeurIPS 2024 paper).
-"""
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 def scalekd_feature_loss(
-    student: Tensor, teacher: Tensor, *, decoupler: nn.Module | None = None, reduction: str = "mean"
+    student: Tensor, teacher: Tensor, *, decoupler_student: nn.Module | None = None, reduction: str = "mean"
 ) -> Tensor:
     r"""ScaleKD scale-decoupled feature distillation: L2 between multi-scale embeddings.
 
-    Student and teacher features go through the same scale-decoupled block
+    Student and teacher features go through the same scale-decoupled block :math:`E`
     (:class:`kdimpl.adapters.ScaleDecoupledFeature`, ``B`` dilated branches) and the student's
     embeddings regress the teacher's:
 
@@ -51,61 +38,62 @@ def scalekd_feature_loss(
     Args:
         student: student feature (already mapped to the teacher's channels by an adapter).
         teacher: teacher feature of the same shape (detached inside).
-        decoupler: module mapping ``(N, C, H, W)`` to ``(N, B, C, H, W)`` or ``(N, C, H, W)``; ``None``
-            compares the features directly. The teacher's embedding is a fixed target (no gradient into
-            ``decoupler`` through the teacher side, which would let the block collapse both to a constant).
-        reduction: ``'none'``: element-wise squared errors of the embeddings; ``'mean'``: their mean
-            (over ``N B C H W``; the paper's normalisation is not known); ``'sum'``: their sum.
+        decoupler_student: the block :math:`E`, mapping ``(N, C, H, W)`` to ``(N, B, C, H, W)`` or
+            ``(N, C, H, W)``; ``None`` compares the features directly. It is a learnable piece of the
+            student's side: applied to both features with shared weights, it learns only through the
+            student's embedding, since the teacher's embedding is a fixed target (a gradient through
+            that side as well would let the block collapse both embeddings to a constant).
+            :class:`ScaleKDFeatureLoss` builds and owns one when given ``channels``.
+        reduction: ``'mean'`` (default) is the mean over the ``N B C H W`` embedding elements (the
+            paper's normalisation is not known), the element mean of the ``'none'`` output;
+            ``'sum'`` sums; ``'none'`` returns the element-wise squared errors of the embeddings.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
         - output: scalar, or the embedding shape with ``reduction='none'``
-{reference}
+
+    Returns:
+        The loss, in the dtype of ``student``.
+
+    Reference:
+        Yichen Zhu, Qiqi Zhou, Ning Liu, Zhiyuan Xu, Zhicai Ou, Xiaofeng Mou, Jian Tang. "ScaleKD:
+        Distilling Scale-Aware Knowledge in Small Object Detector". CVPR 2023, pp. 19723-19733
+        (CVF open access; no arXiv version, no official code; deep-optimization/ScaleKD is an unrelated
+        NeurIPS 2024 paper).
     Example:
         >>> import torch
         >>> from kdimpl.adapters.scalekd import ScaleDecoupledFeature
         >>> s, t = torch.randn(2, 16, 6, 10), torch.randn(2, 16, 6, 10)
-        >>> scalekd_feature_loss(s, t, decoupler=ScaleDecoupledFeature(16)).shape
+        >>> scalekd_feature_loss(s, t, decoupler_student=ScaleDecoupledFeature(16)).shape
         torch.Size([])
 
     Notes:
         Unverified (see the module docstring). The paper applies this to the last backbone stage;
-        nothing here depends on which map is passed.
+        nothing here depends on which map is passed, and :class:`kdimpl.MultiLevelLoss` applies it
+        to several levels with one block per level.
     """
     check_feature_pair(student, teacher)
-    check_reduction(reduction)
+    check_options(reduction=reduction)
     s = upcast(student)
     t = upcast(teacher.detach())
-    if decoupler is not None:
-        s, t = decoupler(s), decoupler(t).detach()
-    return reduce_loss((s - t).pow(2), reduction).to(student.dtype)
+    if decoupler_student is not None:
+        s, t = decoupler_student(s), decoupler_student(t).detach()
+    return reduce_loss((s - t).square(), reduction).to(student.dtype)
 
 
-scalekd_feature_loss.__doc__ = scalekd_feature_loss.__doc__.replace("{reference}", _REFERENCE)
-
-
-@register_loss("scalekd_feature", function=scalekd_feature_loss)
-class ScaleKDFeatureLoss(nn.Module):
-    """Module twin of :func:`scalekd_feature_loss`; ``loss_weight`` is the paper's alpha (0.07 / 0.01)."""
-
-    def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-
-    def forward(self, student: Tensor, teacher: Tensor, *, decoupler: nn.Module | None = None) -> Tensor:
-        return self.loss_weight * scalekd_feature_loss(student, teacher, decoupler=decoupler, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
-
-
-ACTIVATIONS = ("softmax", "sigmoid")
+def _check_predictions(student: Tensor, assistant: Tensor, dims: str) -> None:
+    check_shape(student, "student", dims)
+    check_shape(assistant, "assistant", dims)
+    check_same_shape(student, assistant, ("student", "assistant"))
 
 
 def scalekd_assistant_cls_loss(
-    student: Tensor, assistant: Tensor, *, tau: float = 1.0, activation: str = "softmax", reduction: str = "mean"
+    student: Tensor,
+    assistant: Tensor,
+    *,
+    temperature: float = 1.0,
+    activation: str = "softmax",
+    reduction: str = "mean",
 ) -> Tensor:
     r"""ScaleKD classification mimicking: the student's class scores follow the cross-scale assistant's.
 
@@ -120,15 +108,23 @@ def scalekd_assistant_cls_loss(
 
     Args:
         student: student class logits, classes last, e.g. ``(N, P, K)``.
-        assistant: the assistant's logits of the same shape (detached inside).
-        tau: temperature.
+        assistant: the cross-scale assistant's logits of the same shape (detached inside). Named
+            after the paper's assistant, which is the target here in place of the teacher.
+        temperature: :math:`\tau`.
         activation: ``'softmax'`` or ``'sigmoid'``.
-        reduction: ``'none'``: per-prediction KL times :math:`\tau^2` (shape without the class axis);
-            ``'mean'``: its mean over predictions; ``'sum'``: its sum.
+        reduction: ``'mean'`` (default) is the mean over the :math:`P` predictions (the paper's
+            normalisation is not known), the element mean of the ``'none'`` output; ``'sum'`` sums;
+            ``'none'`` returns the per-prediction KL times :math:`\tau^2` (the shape without the class axis).
 
     Shape:
         - student, assistant: :math:`(*, K)`; output: scalar, or :math:`(*)` with ``reduction='none'``
-{reference}
+
+    Returns:
+        The loss, in the dtype of ``student``.
+
+    Reference:
+        Zhu et al., "ScaleKD: Distilling Scale-Aware Knowledge in Small Object Detector", CVPR 2023
+        (no arXiv version; no official code); full entry in :func:`scalekd_feature_loss`.
     Example:
         >>> import torch
         >>> s, a = torch.randn(2, 30, 5), torch.randn(2, 30, 5)
@@ -139,58 +135,23 @@ def scalekd_assistant_cls_loss(
         Unverified: the paper's distance for :math:`L_{cls}` was not readable; KL with temperature is our
         choice (log-space, finite for extreme logits).
     """
-    check_tensor(student, "student")
-    check_tensor(assistant, "assistant")
-    _check_same(student, assistant, "assistant")
-    check_positive(tau, "tau")
-    check_reduction(reduction)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    s = upcast(student) / tau
-    a = upcast(assistant.detach()) / tau
+    _check_predictions(student, assistant, "* K")
+    check_options(temperature=temperature, reduction=reduction)
+    _check_activation(activation)
+    s = upcast(student) / temperature
+    a = upcast(assistant.detach()) / temperature
     if activation == "softmax":
         kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(a, dim=-1), reduction="none", log_target=True).sum(-1)
     else:
         p_a = a.sigmoid()
         # Bernoulli KL per class; log(1 - sigmoid(x)) = logsigmoid(-x)
         kl = (p_a * (F.logsigmoid(a) - F.logsigmoid(s)) + (1 - p_a) * (F.logsigmoid(-a) - F.logsigmoid(-s))).sum(-1)
-    return reduce_loss(kl * tau**2, reduction).to(student.dtype)
+    return reduce_loss(kl * temperature**2, reduction).to(student.dtype)
 
 
-scalekd_assistant_cls_loss.__doc__ = scalekd_assistant_cls_loss.__doc__.replace("{reference}", _REFERENCE)
-
-
-def _check_same(student: Tensor, other: Tensor, name: str) -> None:
-    if student.shape != other.shape:
-        raise ValueError(
-            f"student and {name} must have the same shape, got {tuple(student.shape)} and {tuple(other.shape)}"
-        )
-
-
-@register_loss("scalekd_assistant_cls", function=scalekd_assistant_cls_loss)
-class ScaleKDAssistantClsLoss(nn.Module):
-    """Module twin of :func:`scalekd_assistant_cls_loss`; ``loss_weight`` is the paper's beta (0.5 / 0.2)."""
-
-    def __init__(
-        self, *, tau: float = 1.0, activation: str = "softmax", reduction: str = "mean", loss_weight: float = 1.0
-    ) -> None:
-        super().__init__()
-        check_positive(tau, "tau")
-        check_reduction(reduction)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.tau, self.activation, self.reduction, self.loss_weight = tau, activation, reduction, loss_weight
-
-    def forward(self, student: Tensor, assistant: Tensor) -> Tensor:
-        return self.loss_weight * scalekd_assistant_cls_loss(
-            student, assistant, tau=self.tau, activation=self.activation, reduction=self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"tau={self.tau}, activation={self.activation!r}, reduction={self.reduction!r}, "
-            f"loss_weight={self.loss_weight}"
-        )
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def scalekd_assistant_box_loss(student: Tensor, assistant: Tensor, *, reduction: str = "mean") -> Tensor:
@@ -201,13 +162,21 @@ def scalekd_assistant_box_loss(student: Tensor, assistant: Tensor, *, reduction:
 
     Args:
         student: student box regression, coordinates last, e.g. ``(N, P, 4)`` deltas or distances.
-        assistant: the assistant's regression of the same shape and encoding (detached inside).
-        reduction: ``'none'``: per-prediction L1 (shape without the last axis); ``'mean'``: its mean over
-            predictions; ``'sum'``: its sum.
+        assistant: the cross-scale assistant's regression of the same shape and encoding (detached
+            inside); see :func:`scalekd_assistant_cls_loss` for the name.
+        reduction: ``'mean'`` (default) is the mean over the :math:`P` predictions (the paper's
+            normalisation is not known), the element mean of the ``'none'`` output; ``'sum'`` sums;
+            ``'none'`` returns the per-prediction L1 (the shape without the last axis).
 
     Shape:
-        - student, assistant: :math:`(*, 4)`; output: scalar, or :math:`(*)` with ``reduction='none'``
-{reference}
+        - student, assistant: :math:`(*, D)`; output: scalar, or :math:`(*)` with ``reduction='none'``
+
+    Returns:
+        The loss, in the dtype of ``student``.
+
+    Reference:
+        Zhu et al., "ScaleKD: Distilling Scale-Aware Knowledge in Small Object Detector", CVPR 2023
+        (no arXiv version; no official code); full entry in :func:`scalekd_feature_loss`.
     Example:
         >>> import torch
         >>> scalekd_assistant_box_loss(torch.randn(2, 30, 4), torch.randn(2, 30, 4)).shape
@@ -216,28 +185,61 @@ def scalekd_assistant_box_loss(student: Tensor, assistant: Tensor, *, reduction:
     Notes:
         Unverified: L1 is our choice of distance; the paper's was not readable.
     """
-    check_tensor(student, "student")
-    check_tensor(assistant, "assistant")
-    _check_same(student, assistant, "assistant")
-    check_reduction(reduction)
+    _check_predictions(student, assistant, "* D")
+    check_options(reduction=reduction)
     l1 = (upcast(student) - upcast(assistant.detach())).abs().sum(-1)
     return reduce_loss(l1, reduction).to(student.dtype)
 
 
-scalekd_assistant_box_loss.__doc__ = scalekd_assistant_box_loss.__doc__.replace("{reference}", _REFERENCE)
+@register_loss("scalekd_feature", function=scalekd_feature_loss)
+class ScaleKDFeatureLoss(LossModule):
+    """Module twin of :func:`scalekd_feature_loss`; ``loss_weight`` multiplies the result (the paper's
+    alpha, 0.07 two-stage / 0.01 one-stage).
+
+    Args:
+        channels: when given, the module builds and owns its ``decoupler_student``, a
+            :class:`kdimpl.adapters.ScaleDecoupledFeature` of that many channels.
+        dilations: the block's branch dilations (with ``channels``).
+        decoupler_student: a block to own instead (exclusive with ``channels``).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int | None = None,
+        dilations: tuple[int, ...] = (1, 2, 3),
+        decoupler_student: nn.Module | None = None,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        if channels is not None:
+            if decoupler_student is not None:
+                raise ValueError("pass either decoupler_student or channels, not both")
+            decoupler_student = ScaleDecoupledFeature(channels, dilations=dilations)
+        super().__init__(decoupler_student=decoupler_student, reduction=reduction, loss_weight=loss_weight)
+
+
+@register_loss("scalekd_assistant_cls", function=scalekd_assistant_cls_loss)
+class ScaleKDAssistantClsLoss(LossModule):
+    """Module twin of :func:`scalekd_assistant_cls_loss`; ``loss_weight`` multiplies the result (the
+    paper's beta, 0.5 two-stage / 0.2 one-stage)."""
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        activation: str = "softmax",
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        _check_activation(activation)
+        super().__init__(temperature=temperature, activation=activation, reduction=reduction, loss_weight=loss_weight)
 
 
 @register_loss("scalekd_assistant_box", function=scalekd_assistant_box_loss)
-class ScaleKDAssistantBoxLoss(nn.Module):
-    """Module twin of :func:`scalekd_assistant_box_loss`; ``loss_weight`` is the paper's gamma (0.2 / 0.05)."""
+class ScaleKDAssistantBoxLoss(LossModule):
+    """Module twin of :func:`scalekd_assistant_box_loss`; ``loss_weight`` multiplies the result (the
+    paper's gamma, 0.2 two-stage / 0.05 one-stage)."""
 
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction, self.loss_weight = reduction, loss_weight
-
-    def forward(self, student: Tensor, assistant: Tensor) -> Tensor:
-        return self.loss_weight * scalekd_assistant_box_loss(student, assistant, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        super().__init__(reduction=reduction, loss_weight=loss_weight)

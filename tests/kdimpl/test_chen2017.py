@@ -82,13 +82,13 @@ def test_bounded_regression_gate_cases():
     torch.testing.assert_close(mean, torch.tensor((1.0 + 4.0 + 0.81) / 4))
 
 
-def test_bounded_regression_gradient_and_weights():
+def test_bounded_regression_gradient_and_positive_mask():
     target = torch.zeros(3, 4)
     teacher = torch.zeros(3, 4)  # perfect teacher: every sample is gated on
     student = torch.randn(3, 4, requires_grad=True)
-    weight = torch.tensor([1.0, 0.0, 1.0])
-    chen2017_bounded_regression_loss(student, teacher, target, weight=weight, reduction="sum").backward()
-    expected = 2 * student.detach() * weight[:, None]
+    positive_mask = torch.tensor([True, False, True])
+    chen2017_bounded_regression_loss(student, teacher, target, positive_mask=positive_mask, reduction="sum").backward()
+    expected = 2 * student.detach() * positive_mask[:, None]
     torch.testing.assert_close(student.grad, expected)
 
 
@@ -136,3 +136,74 @@ def test_bounded_gate_is_strict_inequality():
     torch.testing.assert_close(none, torch.zeros(2))  # 0.25 + 0.75 == 1.0: not strictly greater
     on = chen2017_bounded_regression_loss(student, teacher, target, margin=0.76, reduction="none")
     torch.testing.assert_close(on, torch.full((2,), 0.25))
+
+
+def test_bounded_regression_nan_teacher_or_target_gives_nan():
+    student, target = torch.randn(3, 4), torch.zeros(3, 4)
+    nan = torch.full((3, 4), float("nan"))
+    assert torch.isnan(chen2017_bounded_regression_loss(student, nan, target))  # was a silent 0
+    assert torch.isnan(chen2017_bounded_regression_loss(student, torch.zeros(3, 4), nan))
+    teacher = torch.zeros(3, 4)
+    teacher[1, 2] = float("nan")
+    none = chen2017_bounded_regression_loss(student, teacher, target, reduction="none")
+    assert torch.isnan(none[1]) and torch.isfinite(none[[0, 2]]).all()
+
+
+def test_bounded_regression_positive_mask_is_checked():
+    x = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="positive_mask"):
+        chen2017_bounded_regression_loss(x, x, x, positive_mask=torch.ones(4, dtype=torch.bool))
+
+
+def test_integer_logits_and_features_are_refused():
+    z = torch.randint(0, 5, (4, 3))
+    with pytest.raises(TypeError, match="student_logits"):
+        chen2017_soft_ce_loss(z, z.float())
+    with pytest.raises(TypeError, match="teacher_logits"):
+        chen2017_soft_ce_loss(z.float(), z)
+    with pytest.raises(TypeError, match="target"):
+        chen2017_bounded_regression_loss(z.float(), z.float(), z)
+    with pytest.raises(TypeError, match="student"):
+        chen2017_hint_loss(z, z.float())
+
+
+def test_background_index_is_range_checked():
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="background_index"):
+        chen2017_soft_ce_loss(z, z, background_index=3)
+    torch.testing.assert_close(
+        chen2017_soft_ce_loss(z, z, background_index=-1), chen2017_soft_ce_loss(z, z, background_index=2)
+    )
+
+
+def test_soft_ce_module_keeps_class_weights_as_a_buffer():
+    from kdimpl.losses.chen2017 import Chen2017SoftCELoss
+
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    module = Chen2017SoftCELoss(class_weights=weights).double()
+    assert module.class_weights.dtype == torch.float64 and "class_weights" in dict(module.named_buffers())
+    s, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(module(s, t), chen2017_soft_ce_loss(s, t, class_weights=weights.double()))
+
+
+def test_empty_batch_gives_a_connected_zero():
+    s = torch.randn(0, 4, requires_grad=True)
+    for loss in (
+        chen2017_soft_ce_loss(s, torch.randn(0, 4)),
+        chen2017_bounded_regression_loss(s, torch.randn(0, 4), torch.randn(0, 4)),
+        chen2017_hint_loss(s, torch.randn(0, 4)),
+    ):
+        assert loss.item() == 0.0
+        (grad,) = torch.autograd.grad(loss, s)
+        assert grad.shape == s.shape and not grad.any()
+
+
+def test_hint_over_three_levels_in_one_line():
+    from kdimpl import MultiLevelLoss, multilevel_loss
+    from kdimpl.losses.chen2017 import Chen2017HintLoss
+
+    students = [torch.randn(2, 3, 8 // 2**i, 12 // 2**i) for i in range(3)]
+    teachers = [torch.randn_like(s) for s in students]
+    expected = sum(chen2017_hint_loss(s, t) for s, t in zip(students, teachers))
+    torch.testing.assert_close(multilevel_loss(chen2017_hint_loss, students, teachers), expected)
+    torch.testing.assert_close(MultiLevelLoss(Chen2017HintLoss(loss_weight=0.5))(students, teachers), 0.5 * expected)

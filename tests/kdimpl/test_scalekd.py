@@ -26,13 +26,13 @@ def test_feature_loss_averages_over_branches():
     s, t = torch.randn(1, 8, 5, 7), torch.randn(1, 8, 5, 7)
     es, et = sdf(s), sdf(t)
     per_branch = [((es[:, b] - et[:, b]) ** 2).mean() for b in range(2)]
-    torch.testing.assert_close(scalekd_feature_loss(s, t, decoupler=sdf), sum(per_branch) / 2)
+    torch.testing.assert_close(scalekd_feature_loss(s, t, decoupler_student=sdf), sum(per_branch) / 2)
 
 
 def test_feature_loss_target_side_gives_no_gradient_to_the_decoupler():
     sdf = ScaleDecoupledFeature(8)
     s, t = torch.randn(1, 8, 5, 7), torch.randn(1, 8, 5, 7)
-    scalekd_feature_loss(s, t, decoupler=sdf).backward()
+    scalekd_feature_loss(s, t, decoupler_student=sdf).backward()
     with_target = sdf.expand.weight.grad.clone()
     sdf.zero_grad()
     ((sdf(s) - sdf(t).detach()) ** 2).mean().backward()
@@ -60,8 +60,8 @@ def test_softmax_cls_loss_matches_hand_computed_kl():
     # p_s = (1/4, 3/4), p_a = (1/2, 1/2): KL = 1/2 log 2 + 1/2 log(2/3)
     expected = 0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0)
     torch.testing.assert_close(scalekd_assistant_cls_loss(s, a), torch.tensor(expected))
-    # tau scales logits and multiplies by tau^2
-    torch.testing.assert_close(scalekd_assistant_cls_loss(2 * s, 2 * a, tau=2.0), torch.tensor(4 * expected))
+    # the temperature scales logits and multiplies by its square
+    torch.testing.assert_close(scalekd_assistant_cls_loss(2 * s, 2 * a, temperature=2.0), torch.tensor(4 * expected))
 
 
 def test_sigmoid_cls_loss_is_the_bernoulli_kl():
@@ -118,3 +118,51 @@ def test_msc_with_a_constant_teacher_adds_a_constant_per_channel():
 def test_msc_rejects_inconsistent_heads():
     with pytest.raises(ValueError, match="num_heads"):
         MultiScaleCrossAttention(8, num_heads=3, sr_ratios=(1, 2))
+
+
+def test_integer_predictions_are_refused():
+    z = torch.randint(0, 5, (2, 6, 4))
+    for loss in (scalekd_assistant_cls_loss, scalekd_assistant_box_loss):
+        with pytest.raises(TypeError, match="student"):
+            loss(z, z.float())
+        with pytest.raises(TypeError, match="assistant"):
+            loss(z.float(), z)
+    with pytest.raises(TypeError, match="student"):
+        scalekd_feature_loss(z[..., None], z[..., None].float())
+
+
+def test_feature_module_owns_its_decoupler_per_level():
+    from kdimpl import MultiLevelLoss, ScaleKDFeatureLoss, multilevel_loss
+
+    criterion = MultiLevelLoss([ScaleKDFeatureLoss(channels=8, dilations=(1, 2)) for _ in range(3)])
+    blocks = [loss.decoupler_student for loss in criterion.losses]
+    params = {id(p) for p in criterion.parameters()}
+    assert len(params) == 3 * len(list(blocks[0].parameters()))
+    assert all(id(p) in params for block in blocks for p in block.parameters())
+    students = [torch.randn(2, 8, 12 // 2**i, 10 // 2**i, requires_grad=True) for i in range(3)]
+    teachers = [torch.randn_like(s) for s in students]
+    total = criterion(students, teachers)
+    expected = sum(scalekd_feature_loss(s, t, decoupler_student=b) for s, t, b in zip(students, teachers, blocks))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(block.expand.weight.grad is not None for block in blocks)
+    shared = ScaleDecoupledFeature(8)
+    torch.testing.assert_close(
+        multilevel_loss(scalekd_feature_loss, students, teachers, decoupler_student=shared),
+        sum(scalekd_feature_loss(s, t, decoupler_student=shared) for s, t in zip(students, teachers)),
+    )
+    with pytest.raises(ValueError, match="either"):
+        ScaleKDFeatureLoss(channels=8, decoupler_student=shared)
+
+
+def test_empty_batch_and_nan():
+    sdf = ScaleDecoupledFeature(4)
+    s = torch.randn(0, 4, 5, 6, requires_grad=True)
+    loss = scalekd_feature_loss(s, torch.randn(0, 4, 5, 6), decoupler_student=sdf)
+    loss.backward()
+    assert loss.item() == 0.0 and s.grad is not None and not s.grad.any()
+    nan = torch.full((1, 4, 5, 6), float("nan"))
+    assert torch.isnan(scalekd_feature_loss(torch.randn(1, 4, 5, 6), nan, decoupler_student=sdf))
+    assistant = torch.zeros(2, 3)
+    assistant[0, 1] = float("nan")
+    assert torch.isnan(scalekd_assistant_cls_loss(torch.randn(2, 3), assistant))

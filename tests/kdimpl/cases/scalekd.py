@@ -11,7 +11,7 @@ def _feature_inputs(generator, device, dtype, *, batch, height, width, num_boxes
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     module_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     decoupler = ScaleDecoupledFeature(CHANNELS).to(device, module_dtype)
-    return feature_pair(generator, device, dtype, batch, CHANNELS, height, width), {"decoupler": decoupler}
+    return feature_pair(generator, device, dtype, batch, CHANNELS, height, width), {"decoupler_student": decoupler}
 
 
 def _prediction_pair(generator, device, dtype, batch, height, width, last):
@@ -30,6 +30,6 @@ def _box_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
 
 CASES = [
     LossCase("scalekd_feature", _feature_inputs, uses_boxes=False),
-    LossCase("scalekd_assistant_cls", _cls_inputs, options={"tau": 2.0, "activation": "sigmoid"}, uses_boxes=False),
+    LossCase("scalekd_assistant_cls", _cls_inputs, options={"temperature": 2.0, "activation": "sigmoid"}, uses_boxes=False),
     LossCase("scalekd_assistant_box", _box_inputs, uses_boxes=False),
 ]
