@@ -1,9 +1,9 @@
-"""``python -m catalog check``: every rule a paper file must follow, and the generated-files gate.
+"""Every rule a paper file and the section tree must follow (``python -m catalog check`` runs them).
 
-All problems are collected and printed at once as ``path:line: field: message``, then the command
-exits 1. Bad data never raises: the loader turns unreadable, non-UTF-8, empty or malformed files
-into problems too. The rules beyond the JSON Schema are here (contributors read them in
-``.github/CONTRIBUTING.md``).
+All problems are collected as ``path:line: field: message``, each saying what to do. Bad data never
+raises: the loader turns unreadable, non-UTF-8, empty or malformed files into problems too. The rules
+beyond the JSON Schema are here, with the venue vocabulary (``catalog/data/venues.yaml``); contributors
+read them in ``.github/CONTRIBUTING.md``.
 """
 
 from __future__ import annotations
