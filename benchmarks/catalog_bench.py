@@ -2,10 +2,11 @@
 
 ``python benchmarks/catalog_bench.py [--papers 10000] [--root .]``
 
-Runs ``build`` then ``check`` as two processes (a contributor, then CI) on a copy of the repository's
-data, then on N synthetic papers (default 10,000) in a temporary repository (the real section tree
-and templates, a small fake ``kdimpl``), and prints the wall-clock and CPU time of each (CPU time
-is user + system, from the children's resource usage). The machine's load average is printed:
+Runs ``build`` then ``check --strict`` as two processes (a contributor, then CI) on a copy of the
+repository's data, then on N/10 and N synthetic papers (default 10,000) in temporary repositories
+(the real section tree and templates, a small fake ``kdimpl``), and prints the wall-clock and CPU
+time of each (CPU time is user + system, from the children's resource usage) and how the time grows
+from N/10 to N papers. The machine's load average is printed:
 wall-clock times on a busy machine mean little. With ``--in-process`` the commands run in this
 process instead (no interpreter start-up, for profiling).
 """
@@ -159,11 +160,20 @@ def main(argv: list[str] | None = None) -> int:
             copy_real(temp / "real", source)
             if not report("real catalog", time_commands(temp / "real", args.in_process)):
                 return 1
-        start = time.perf_counter()
-        write_synthetic(temp / "synthetic", args.papers, source)
-        print(f"generated {args.papers} synthetic papers in {time.perf_counter() - start:.2f} s")
-        if not report(f"{args.papers} synthetic papers", time_commands(temp / "synthetic", args.in_process)):
-            return 1
+        cpu = {}
+        for count in dict.fromkeys((max(1, args.papers // 10), args.papers)):
+            folder = temp / f"synthetic-{count}"
+            start = time.perf_counter()
+            write_synthetic(folder, count, source)
+            print(f"generated {count} synthetic papers in {time.perf_counter() - start:.2f} s")
+            runs = time_commands(folder, args.in_process)
+            if not report(f"{count} synthetic papers", runs):
+                return 1
+            cpu[count] = sum(run[1] for run in runs.values())
+        if len(cpu) == 2:
+            (small, small_cpu), (large, large_cpu) = cpu.items()
+            print(f"scaling: {large / small:.0f}x the papers took {large_cpu / small_cpu:.1f}x the CPU time "
+                  "(start-up included; about the same factor means linear)")
         if hasattr(os, "getloadavg"):
             load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
             print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
