@@ -26,7 +26,8 @@ def _registered(node: ast.stmt) -> list[str]:
     for decorator in getattr(node, "decorator_list", ()):
         call = decorator if isinstance(decorator, ast.Call) else None
         func = call.func if call is not None else None
-        if isinstance(func, (ast.Name, ast.Attribute)) and getattr(func, "id", getattr(func, "attr", "")) == "register_loss":
+        name = getattr(func, "id", getattr(func, "attr", ""))
+        if isinstance(func, (ast.Name, ast.Attribute)) and name == "register_loss":
             names += [kw.value.id for kw in call.keywords if kw.arg == "function" and isinstance(kw.value, ast.Name)]
             names.append(node.name)
     return names

@@ -198,7 +198,8 @@ _NAME_SUFFIXES = {"jr", "jr.", "sr", "sr.", "ii", "iii", "iv"}
 
 def year_problems(doc: Document, year, limit: int) -> list[Problem]:
     if isinstance(year, float):  # JSON Schema counts 2023.0 as an integer
-        return [doc.problem(("year",), f"must be a whole number such as 2023; write {year!r} without the decimal point")]
+        message = f"must be a whole number such as 2023; write {year!r} without the decimal point"
+        return [doc.problem(("year",), message)]
     if not FIRST_YEAR <= year <= limit:
         return [doc.problem(("year",), f"must be between {FIRST_YEAR} and {limit}")]
     return []
@@ -248,7 +249,9 @@ def author_problems(doc: Document, index: int, author: str) -> list[Problem]:
             return []
         if len(parts) == 2 and len(parts[0].split()) == 1 and parts[1]:
             return [
-                doc.problem(where, f"{author!r} reads as 'Last, First'; write it as '{parts[1]} {parts[0]}' (First Last)")
+                doc.problem(
+                    where, f"{author!r} reads as 'Last, First'; write it as '{parts[1]} {parts[0]}' (First Last)"
+                )
             ]
         return [doc.problem(where, f"{author!r} names several people; write one author per '- ' item")]
     return []
@@ -523,7 +526,9 @@ def duplicate_problems(docs: list[Document], readme: str = "") -> list[Problem]:
     problems: list[Problem] = []
     for (newer_path, older_path), matches in pairs.items():
         newer, older = by_path[newer_path], by_path[older_path]
-        parts = [f"{kind} {value}" if kind in ("arXiv id", "DOI") else f"paper {kind}" for (kind, value), _, _ in matches]
+        parts = [
+            f"{kind} {value}" if kind in ("arXiv id", "DOI") else f"paper {kind}" for (kind, value), _, _ in matches
+        ]
         what = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
         if listed(older) and not listed(newer):
             why = f"{older_path} is already in README.md"
@@ -539,7 +544,9 @@ def duplicate_problems(docs: list[Document], readme: str = "") -> list[Problem]:
             )
         )
         problems.append(
-            older.problem(matches[0][2], f"{newer_path} repeats this paper (same {what}); the problem is reported there")
+            older.problem(
+                matches[0][2], f"{newer_path} repeats this paper (same {what}); the problem is reported there"
+            )
         )
     return problems
 

@@ -311,7 +311,10 @@ CASES = {
     ),
     "two authors joined by and": (
         edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron and Alan Turing"),
-        ["papers/x.yaml:5: authors[0]: 'Ada Byron and Alan Turing' names several people; write one author per '- ' item"],
+        [
+            "papers/x.yaml:5: authors[0]: 'Ada Byron and Alan Turing' names several people; "
+            "write one author per '- ' item"
+        ],
     ),
     "two authors joined by a comma": (
         edit("  - Ada Byron\n  - Alan Turing", "  - Ada Byron, Alan Turing"),
@@ -423,7 +426,8 @@ def test_several_problems_are_reported_at_once(tmp_path):
         "papers/x.yaml:2: title: missing required field",
         "papers/x.yaml:3: titel: unknown field; did you mean 'title'?",
         "papers/x.yaml:6: authors[1]: 'Turing, Alan' reads as 'Last, First'; write it as 'Alan Turing' (First Last)",
-        "papers/x.yaml:7: venue: unknown venue 'Cvpr 2022'; write it as 'CVPR'; the year goes in `year`, not in the venue",
+        "papers/x.yaml:7: venue: unknown venue 'Cvpr 2022'; write it as 'CVPR'; "
+        "the year goes in `year`, not in the venue",
         f"papers/x.yaml:8: year: must be between 1990 and {NEXT_YEAR}",
         "papers/x.yaml:12: description: must end with a period",
     ]
@@ -567,7 +571,9 @@ def test_duplicate_is_reported_on_the_file_not_yet_in_the_readme(tmp_path):
 
 def test_same_doi_is_a_duplicate(tmp_path):
     first = BASE.replace("sections:", "doi: 10.1109/X.1\nsections:")
-    second = edit("title: A Test Paper on Distillation", "title: Another Paper", first.replace("2201.99999", "2201.11111"))
+    second = edit(
+        "title: A Test Paper on Distillation", "title: Another Paper", first.replace("2201.99999", "2201.11111")
+    )
     second = second.replace("content/test", "content/second").replace("10.1109/X.1", "10.1109/x.1")
     assert problems_for(tmp_path, {"papers/x.yaml": first, "papers/y.yaml": second}) == [
         "papers/x.yaml:10: doi: papers/y.yaml repeats this paper (same DOI 10.1109/x.1); the problem is reported there",
@@ -669,7 +675,9 @@ def test_kdimpl_exports_registered_by_decorator(tmp_path):
         '@register_loss("reg", function=reg_loss)\nclass RegLoss:\n    pass\n',
         encoding="utf-8",
     )
-    paper = BASE + "implementations:\n  - name: RegLoss\n    verification: paper\n  - name: reg_loss\n    verification: paper\n"
+    paper = BASE + (
+        "implementations:\n  - name: RegLoss\n    verification: paper\n  - name: reg_loss\n    verification: paper\n"
+    )
     (root / "papers" / "x.yaml").write_text(paper, encoding="utf-8")
     assert validate_root(root).problems == []
 

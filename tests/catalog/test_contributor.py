@@ -34,7 +34,7 @@ year: 2023
 arxiv: "2305.15712"
 sections:
   - {section}
-description: Denoises the student's features with a diffusion model trained on the teacher's features before matching them.
+description: Denoises the student's features with a diffusion model trained on the teacher's, then matches them.
 links:
   - kind: arxiv
     url: https://arxiv.org/abs/2305.15712

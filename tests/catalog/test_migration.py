@@ -93,6 +93,8 @@ def test_every_seed_title_and_author_list_is_rendered(seed, rendered):
 
 def test_every_seed_link_is_rendered_once(seed, rendered):
     targets = re.findall(r"\]\((https://[^)\s]+)\)", rendered)
-    seed_urls = {item["url"] for data in seed.papers.values() for key in ("links", "code") for item in data.get(key, [])}
+    seed_urls = {
+        item["url"] for data in seed.papers.values() for key in ("links", "code") for item in data.get(key, ())
+    }
     assert seed_urls <= set(targets)
     assert len(targets) == len(set(targets))

@@ -348,7 +348,7 @@ def _change_value(text: str, start: str, before: str, after: str) -> str:
     """``start`` + a JSON (so YAML) string of the line's value with ``before`` and ``after`` added."""
     lines = text.split("\n")
     number = next(index for index, line in enumerate(lines) if line.startswith(start))
-    key = start if start.endswith(": ") or start.endswith("- ") else start[: start.index("- ") + 2]
+    key = start if start.endswith((": ", "- ")) else start[: start.index("- ") + 2]
     value = lines[number][len(key):]
     lines[number] = key + json.dumps(before + value + after)
     return "\n".join(lines)
