@@ -37,10 +37,10 @@ exclude_patterns = ["_build"]
 nitpicky = False
 
 autosummary_generate = True
-# Members are chosen per page by _templates/autosummary/module.rst.
-autodoc_default_options = {"show-inheritance": True}
+# Members are chosen per page by _templates/autosummary/module.rst. A module twin's ``function``
+# attribute is the loss function documented just above it on the same page: not repeated.
+autodoc_default_options = {"show-inheritance": True, "exclude-members": "function"}
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
 # The losses are wrapped by @register_loss; keep their documented signatures, not the wrapper's.
 autodoc_preserve_defaults = True
 
