@@ -81,11 +81,11 @@ _current = threading.local()  # the watchdog of the request this thread is makin
 
 
 class _Watchdog:
-    """Shuts down the connection of this thread's request when the request's total time is up."""
+    """Shuts down the socket of this thread's request when the request's total time is up."""
 
     def __init__(self, seconds: float):
         self.fired = False
-        self.connection = None
+        self.sock = None
         self._timer = threading.Timer(max(0.0, seconds), self._fire)
         self._timer.daemon = True
 
@@ -98,8 +98,8 @@ class _Watchdog:
         self._timer.cancel()
         _current.watchdog = None
 
-    def watch(self, connection) -> None:
-        self.connection = connection
+    def watch(self, sock) -> None:
+        self.sock = sock
         if self.fired:
             self._shutdown()
 
@@ -108,7 +108,7 @@ class _Watchdog:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        sock = getattr(self.connection, "sock", None)
+        sock = self.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -116,16 +116,32 @@ class _Watchdog:
                 pass
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+def _watch(sock) -> None:
+    watchdog = getattr(_current, "watchdog", None)
+    if watchdog is not None and sock is not None:
+        watchdog.watch(sock)
+
+
+class _Watched:
+    """A connection whose sockets this thread's :class:`_Watchdog` can shut down: the new TCP socket
+    (so a slow TLS handshake is cut short too) and the socket of each request on a reused connection."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
     def request(self, *args, **kwargs):
-        watchdog = getattr(_current, "watchdog", None)
-        if watchdog is not None:
-            watchdog.watch(self)
+        _watch(self.sock)
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    request = _WatchedHTTPConnection.request
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
