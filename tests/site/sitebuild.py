@@ -12,7 +12,7 @@ from tests.catalog.repo import REPO, make_repo, run_module
 
 MINISEARCH = REPO / "node_modules" / "minisearch"
 
-# Which fixture papers each filter keeps (tests/catalog/fixtures/core/repo/papers).
+# The papers of the core fixture (tests/catalog/fixtures/core/repo/papers).
 FIXTURE_IDS = {"alpha", "beta", "delta", "gamma"}
 
 
