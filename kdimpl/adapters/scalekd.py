@@ -28,7 +28,7 @@ class ScaleDecoupledFeature(nn.Module):
     Args:
         channels: input channels ``C``.
         dilations: one dilation per branch (default ``(1, 2, 3)``: small dilations for small objects).
-        reduction: bottleneck width is ``C // reduction``.
+        hidden_channels: width of the bottleneck (default ``C // 4``).
 
     Shape:
         - input: :math:`(N, C, H, W)`; output: :math:`(N, B, C, H, W)`.
@@ -50,11 +50,13 @@ class ScaleDecoupledFeature(nn.Module):
         torch.Size([2, 3, 16, 6, 9])
     """
 
-    def __init__(self, channels: int, *, dilations: Sequence[int] = (1, 2, 3), reduction: int = 4) -> None:
+    def __init__(
+        self, channels: int, *, dilations: Sequence[int] = (1, 2, 3), hidden_channels: int | None = None
+    ) -> None:
         super().__init__()
         if not dilations:
             raise ValueError("dilations must name at least one branch")
-        hidden = max(channels // reduction, 1)
+        hidden = hidden_channels or max(channels // 4, 1)
         self.dilations = tuple(int(d) for d in dilations)
         self.reduce = nn.Conv2d(channels, hidden, kernel_size=1)
         self.spatial = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
