@@ -213,17 +213,17 @@ def venue_problems(doc: Document, venue: str) -> list[Problem]:
     without_year = _YEAR_IN_VENUE.sub(" ", venue).strip()
     folded = {label.casefold(): label for label in known}
     match = folded.get(without_year.casefold())
-    if match is None:
-        close = difflib.get_close_matches(without_year.casefold(), list(folded), n=1, cutoff=0.6)
-        match = folded[close[0]] if close else None
+    close = difflib.get_close_matches(without_year.casefold(), list(folded), n=1, cutoff=0.6)
     message = f"unknown venue {venue!r}"
     if match is not None:
         message += f"; write it as {match!r}"
+    elif close:
+        message += f"; did you mean {folded[close[0]]!r}"
     if without_year != venue:
         message += "; the year goes in `year`, not in the venue"
     if match is None:
         message += (
-            f"; use a label of catalog/data/venues.yaml ({', '.join(known)}),"
+            f"; {'otherwise ' if close else ''}use a label of catalog/data/venues.yaml ({', '.join(known)}),"
             " or add the venue there with its BibTeX type and full name"
         )
     return [doc.problem(("venue",), message)]

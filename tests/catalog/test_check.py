@@ -300,7 +300,11 @@ CASES = {
     ),
     "venue misspelt": (
         edit("venue: CVPR", "venue: ICCVV"),
-        ["papers/x.yaml:7: venue: unknown venue 'ICCVV'; write it as 'ICCV'"],
+        [
+            "papers/x.yaml:7: venue: unknown venue 'ICCVV'; did you mean 'ICCV'; otherwise use a label of "
+            f"catalog/data/venues.yaml ({', '.join(venues())}), or add the venue there with its BibTeX type and "
+            "full name"
+        ],
     ),
     "venue not in the vocabulary": (
         edit("venue: CVPR", "venue: Workshop on Things"),
