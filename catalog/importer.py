@@ -76,28 +76,33 @@ class ImportResult:
 
 # --- mistune with source positions -------------------------------------------------------
 
-def _markdown():
+class _State(BlockState):
+    """Block state that records where each top-level paragraph starts (``_pos``)."""
+
+    def add_paragraph(self, text):
+        last = self.last_token()
+        new = not (last and last["type"] == "paragraph")
+        super().add_paragraph(text)
+        if new and self.parent is None:
+            self.tokens[-1]["_pos"] = self.cursor
+
+
+class _Block(BlockParser):
+    """Block parser whose top-level tokens carry ``_pos`` (offset in the source)."""
+
+    state_cls = _State
+
+    def parse_method(self, m, state):
+        before = len(state.tokens)
+        end = super().parse_method(m, state)
+        if state.parent is None:
+            for token in state.tokens[before:]:
+                token.setdefault("_pos", m.start())
+        return end
+
+
+def _markdown() -> mistune.Markdown:
     """A mistune AST parser whose top-level block tokens carry ``_pos`` (offset in the source)."""
-
-    class _State(BlockState):
-        def add_paragraph(self, text):
-            last = self.last_token()
-            new = not (last and last["type"] == "paragraph")
-            super().add_paragraph(text)
-            if new and self.parent is None:
-                self.tokens[-1]["_pos"] = self.cursor
-
-    class _Block(BlockParser):
-        state_cls = _State
-
-        def parse_method(self, m, state):
-            before = len(state.tokens)
-            end = super().parse_method(m, state)
-            if state.parent is None:
-                for token in state.tokens[before:]:
-                    token.setdefault("_pos", m.start())
-            return end
-
     return mistune.Markdown(renderer=None, block=_Block())
 
 
