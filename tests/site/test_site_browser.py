@@ -44,10 +44,19 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """A fresh page; the test fails on any uncaught exception or console error."""
+    """A fresh page; the test fails on any uncaught exception, console error or request off the disk (a CDN)."""
     context = browser.new_context()
-    tab = context.new_page()
     errors: list[str] = []
+
+    def only_files(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            errors.append(f"request off the disk: {route.request.url}")
+            route.abort()
+
+    context.route("**/*", only_files)
+    tab = context.new_page()
     tab.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
     tab.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
     tab.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
