@@ -23,7 +23,7 @@ from catalog.bibtex import ascii_fold, base_key, surname, venue_table
 from catalog.http import Deadline, JsonCache, Policy, Throttle, request_with_retries
 from catalog.loader import PAPERS_DIR, SECTIONS_FILE, Problem, parse_text, read_regular_file
 from catalog.text import same_title, title_key
-from catalog.writer import paper_to_yaml, write_paper
+from catalog.writer import write_paper
 
 DEFAULT_API = "https://export.arxiv.org/api/query"
 ENV_API = "CATALOG_ARXIV_API"

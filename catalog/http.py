@@ -436,7 +436,8 @@ class JsonCache:
         except (ValueError, RecursionError) as error:
             self.warn(f"{path}: not a valid cache ({type(error).__name__}); starting without it")
             return {}
-        if not (isinstance(data, dict) and data.get("version") == self.VERSION and isinstance(data.get("entries"), dict)):
+        usable = isinstance(data, dict) and data.get("version") == self.VERSION and isinstance(data.get("entries"), dict)
+        if not usable:
             self.warn(f"{path}: not a version-{self.VERSION} cache; starting without it")
             return {}
         now = self.clock()

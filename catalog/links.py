@@ -22,7 +22,6 @@ import functools
 import ipaddress
 import json
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin
@@ -107,7 +106,7 @@ def _cached_result(url: str, record: dict | None) -> LinkResult | None:
     if record is None or record.get("status") not in ("ok", "redirected"):
         return None
     code, final, suggested = record.get("http_status"), record.get("final_url"), record.get("suggested_url")
-    if not (isinstance(code, int) and isinstance(final, (str, type(None))) and isinstance(suggested, (str, type(None)))):
+    if not (isinstance(code, int) and all(isinstance(text, (str, type(None))) for text in (final, suggested))):
         return None
     return LinkResult(url, record["status"], code, final, suggested, "cached", cached=True)
 

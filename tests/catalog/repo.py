@@ -11,7 +11,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "core" / "repo"
 REPO = HERE.parents[1]
-TOY = '__all__ = ["toy_loss", "ToyLoss"]\n\n\ndef toy_loss(student, teacher):\n    return 0\n\n\nclass ToyLoss:\n    pass\n'
+TOY = (
+    '__all__ = ["toy_loss", "ToyLoss"]\n\n\ndef toy_loss(student, teacher):\n    return 0\n\n\n'
+    "class ToyLoss:\n    pass\n"
+)
 
 
 def make_repo(tmp_path: Path) -> Path:

@@ -132,7 +132,8 @@ def test_internal_hosts():
 
 def test_one_host_however_its_name_is_spelled():
     throttle = Throttle(Policy())
-    same = ["https://Example.COM/a", "https://example.com./b", "https://example.com:443/c", "https://EXAMPLE.com:443./d"]
+    same = ["https://Example.COM/a", "https://example.com./b", "https://example.com:443/c",
+            "https://EXAMPLE.com:443./d"]
     assert len({id(throttle.host(url)) for url in same}) == 1
     assert throttle.host("https://bücher.example/") is throttle.host("https://xn--bcher-kva.example/x")
     assert throttle.host("http://example.com:8080/") is not throttle.host("http://example.com/")
