@@ -1,4 +1,5 @@
-"""The site's links into the kdimpl API reference land on documented objects (a Sphinx build of ``docs/``).
+"""The kdimpl API reference (a Sphinx build of ``docs/``): the site's links land on documented objects,
+and the equations render in a browser from the pages' own MathJax.
 
 The build runs on a copy of ``docs/`` (autosummary writes its pages into the source folder) and
 without ``-W``: CI's ``python -m sphinx -W`` step is what fails on warnings.
@@ -15,6 +16,7 @@ import sys
 import pytest
 
 from tests.catalog.repo import REPO
+from tests.site.browser import launched, watched_page
 from tests.site.sitebuild import build_site, require_minisearch
 
 pytest.importorskip("sphinx", reason="Sphinx is not installed (pip install -e '.[docs]')")
@@ -23,25 +25,43 @@ pytest.importorskip("torch", reason="the API reference imports kdimpl, which nee
 HREF = re.compile(r'href="api/([^"#]+)#([^"]+)"')
 
 
-def test_every_api_link_of_the_real_site_lands_on_an_object(tmp_path):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The real catalog's site with the API reference in its ``api/`` folder."""
     require_minisearch()
-    repo = tmp_path / "repo"
+    tmp = tmp_path_factory.mktemp("api")
+    repo = tmp / "repo"
     shutil.copytree(REPO / "docs", repo / "docs", ignore=shutil.ignore_patterns("kdimpl*.rst", "_build"))
     for name in ("kdimpl", "node_modules"):
         os.symlink(REPO / name, repo / name, target_is_directory=True)
-    out = tmp_path / "site"
+    out = tmp / "site"
     result = subprocess.run([sys.executable, "-m", "sphinx", "-q", "-b", "html", str(repo / "docs"), str(out / "api")],
                             check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    build_site(REPO, out)
+    return out
 
-    index = build_site(REPO, out)
-    links = set(HREF.findall(index.read_text(encoding="utf-8")))
+
+def test_every_api_link_of_the_real_site_lands_on_an_object(built):
+    links = set(HREF.findall((built / "index.html").read_text(encoding="utf-8")))
     assert links, "the real catalog links some implementations to the API reference"
     missing = []
     for page, anchor in sorted(links):
-        target = out / "api" / page
+        target = built / "api" / page
         if not target.is_file() or f'id="{anchor}"' not in target.read_text(encoding="utf-8"):
             missing.append(f"{page}#{anchor}")
     assert missing == []
-    assert (out / "api" / "_static" / "mathjax" / "tex-svg.js").is_file(), "MathJax is served with the pages"
-    assert (out / "api" / "index.html").is_file()
+    assert (built / "api" / "index.html").is_file()
+
+
+def test_equations_render_from_the_pages_own_mathjax(built):
+    assert (built / "api" / "_static" / "mathjax" / "tex-svg.js").is_file(), "MathJax is served with the pages"
+    with_math = [path for path in sorted((built / "api").glob("kdimpl.*.html"))
+                 if 'class="math' in path.read_text(encoding="utf-8")]
+    assert with_math, "the docstrings state equations"
+    page_path = with_math[0]
+    with launched() as browser, watched_page(browser) as (page, errors):
+        page.goto(page_path.as_uri())
+        page.wait_for_selector("mjx-container svg", timeout=30_000)
+        assert page.locator("mjx-container").count() > 0
+        assert errors == []

@@ -1,28 +1,19 @@
 """The site in headless Chromium (Playwright driving the system's browser): search, filters, URL state.
 
-Skipped where Playwright for Python or a Chromium binary is missing (``CHROMIUM`` names one;
-default ``/usr/bin/chromium``). Browsers are never downloaded: ``playwright install`` is not needed.
+Skipped where Playwright for Python or a Chromium binary is missing (see :mod:`tests.site.browser`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.site.browser import launched, skip_reason, watched_page
 from tests.site.sitebuild import FIXTURE_IDS, build_site, make_site_repo
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)", allow_module_level=True)
+if reason := skip_reason():
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +24,15 @@ def index_url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as playwright:
-        try:
-            instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except sync_api.Error as error:
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {error}")
+    with launched() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture
 def page(browser):
     """A fresh page; the test fails on any uncaught exception, console error or request off the disk (a CDN)."""
-    context = browser.new_context()
-    errors: list[str] = []
-
-    def only_files(route):
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            errors.append(f"request off the disk: {route.request.url}")
-            route.abort()
-
-    context.route("**/*", only_files)
-    tab = context.new_page()
-    tab.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
-    tab.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
-    tab.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
-    yield tab
-    context.close()
+    with watched_page(browser) as (tab, errors):
+        yield tab
     assert errors == []
 
 
