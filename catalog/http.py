@@ -352,6 +352,8 @@ def request_with_retries(
                     resp.close()
                 else:
                     resp._content, resp._content_consumed = read_body(resp), True
+            if watchdog.fired:  # a body without a length that the watchdog cut short reads as complete
+                raise requests.Timeout("the watchdog ended the request")
         except BodyTooLarge as exc:
             out.response, out.error, out.detail = None, "too-large", str(exc)
             retryable = False

@@ -33,7 +33,7 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering
     reset: bool = False  # close the connection with a TCP RST instead of answering
     head: "Reply | None" = None  # the answer to HEAD, if different
-    trickle: float = 0.0  # seconds between two bytes of the answer (see trickle_headers)
+    trickle: float = 0.0  # seconds between two bytes of the answer (see trickle_headers), or chunks of endless
     trickle_headers: bool = False  # trickle the status line and headers too, not only the body
     endless: bool = False  # a body without Content-Length that never ends
 
@@ -98,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = body or b"x" * 65536
                 while not self.server.owner.stopping:
                     self.wfile.write(chunk)
+                    if reply.trickle:
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
             elif reply.trickle:
                 for index in range(len(body)):
                     if self.server.owner.stopping:

@@ -198,3 +198,13 @@ def test_interrupted_writes_leave_no_temp_files(tmp_path, monkeypatch):
     cache.put("k", {"v": 1})
     cache.save()
     assert list(tmp_path.iterdir()) == [] and "cannot save the cache" in warnings[0]
+
+
+def test_a_cut_short_body_without_length_is_not_an_answer(server):
+    """A body that ends with the connection (no Content-Length) and trickles: cut short, it is a timeout."""
+    server.route("/slow", Reply(200, body=b"y", endless=True, trickle=0.05))
+    policy = Policy(timeout=0.5, retries=0)
+    start = time.monotonic()
+    out = request_with_retries("GET", server.url("/slow"), policy, Throttle(policy), Deadline(10), stream=False)
+    assert time.monotonic() - start < 2
+    assert out.response is None and out.error == "timeout"
