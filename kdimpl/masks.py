@@ -7,9 +7,10 @@ map of size ``(H, W)`` covers that tensor, so box coordinates scale by ``W / wid
 
 Every mask is written in one plain form: the boxes are padded to ``(N, M, 4)`` with an
 ``(N, M)`` validity mask (:func:`pad_boxes`), a grid of cell indices is broadcast against them
-to give the ``(N, M, H, W)`` cells each box covers (:func:`rasterize_boxes`), and a reduction
-over the box axis gives the map: ``sum`` for how many boxes cover a cell
-(:func:`cover_counts`), ``amax`` for the largest weight of a covering box (:func:`max_cover`).
+to give the rows and columns each box covers (:func:`box_rows_cols`), whose product is the
+``(N, M, H, W)`` cells of each box (:func:`rasterize_boxes`), and a reduction over the box axis
+gives the map: ``sum`` for how many boxes cover a cell (:func:`cover_counts`), ``amax`` for the
+largest weight of a covering box (:func:`max_cover`).
 
 Compiling: shapes depend on ``M``, so a list whose longest entry changes from batch to batch
 makes a graph per box count. Pad the boxes to a fixed capacity instead (``(N, M_max, 4)`` with
@@ -31,6 +32,7 @@ __all__ = [
     "image_hw",
     "scale_boxes_to_feature",
     "box_cell_bounds",
+    "box_rows_cols",
     "rasterize_boxes",
     "cover_counts",
     "max_cover",
@@ -115,33 +117,49 @@ def box_cell_bounds(boxes: Tensor, image_size: ImageSize, feature_size: Sequence
     )
 
 
-def rasterize_boxes(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
-    """Per-box bool masks ``(N, M, H, W)`` from inclusive cell bounds ``(N, M, 4)``; invalid boxes are empty.
+def box_rows_cols(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Float 0/1 indicators of the rows ``(N, M, H, 1)`` and columns ``(N, M, 1, W)`` each box covers.
 
-    Cell ``(y, x)`` is inside box ``m`` when ``x0 <= x <= x1`` and ``y0 <= y <= y1``; bounds past
-    the map are clipped by the comparison (a negative start covers from cell 0).
+    Row ``y`` is inside box ``m`` when ``y0 <= y <= y1`` (columns likewise) for inclusive cell bounds
+    ``(N, M, 4)``; bounds past the map are clipped by the comparison (a negative start covers from
+    cell 0) and invalid boxes have no rows. Cell ``(y, x)`` is inside box ``m`` when
+    ``rows[n, m, y] * cols[n, m, x]`` is 1: a rectangle is the product of its rows and columns.
     """
     height, width = feature_size
     ys = torch.arange(height, device=bounds.device, dtype=bounds.dtype).view(height, 1)
     xs = torch.arange(width, device=bounds.device, dtype=bounds.dtype).view(1, width)
     x0, y0, x1, y1 = (bounds[..., k, None, None] for k in range(4))
-    return (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1) & valid[..., None, None]
+    rows = (ys >= y0) & (ys <= y1) & valid[..., None, None]
+    cols = (xs >= x0) & (xs <= x1)
+    dtype = bounds.dtype if bounds.is_floating_point() else torch.float32
+    return rows.to(dtype), cols.to(dtype)
+
+
+def rasterize_boxes(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
+    """Per-box bool masks ``(N, M, H, W)`` from inclusive cell bounds ``(N, M, 4)``; invalid boxes are empty."""
+    rows, cols = box_rows_cols(bounds, valid, feature_size)
+    return (rows * cols).bool()
 
 
 def cover_counts(bounds: Tensor, valid: Tensor, feature_size: Sequence[int]) -> Tensor:
-    """``(N, H, W)`` float32 number of valid boxes covering each cell, from inclusive cell bounds ``(N, M, 4)``."""
-    return rasterize_boxes(bounds, valid, feature_size).sum(dim=1, dtype=torch.float32)
+    """``(N, H, W)`` number of valid boxes covering each cell, from inclusive cell bounds ``(N, M, 4)``.
+
+    Equals ``rasterize_boxes(bounds, valid, feature_size).sum(1)``, in the bounds' floating dtype.
+    """
+    rows, cols = box_rows_cols(bounds, valid, feature_size)
+    return (rows * cols).sum(dim=1)
 
 
 def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Sequence[int]) -> Tensor:
     """Per cell, the largest ``weight`` ``(N, M)`` of the valid boxes covering it (0 where none), as ``(N, H, W)``.
 
-    Weights are expected to be non-negative (a cell no box covers holds 0).
+    Equals ``(rasterize_boxes(...) * weight[..., None, None]).amax(1)``; weights are expected to
+    be non-negative (a cell no box covers holds 0).
     """
     if weight.shape[-1] == 0:  # amax over an empty axis is an error; no box covers anything
         return weight.new_zeros((weight.shape[0], *feature_size))
-    inside = rasterize_boxes(bounds, valid, feature_size)
-    return torch.where(inside, weight[..., None, None], 0).amax(dim=1)
+    rows, cols = box_rows_cols(bounds, valid, feature_size)
+    return (rows * weight[..., None, None] * cols).amax(dim=1)
 
 
 def foreground_mask(
@@ -150,8 +168,8 @@ def foreground_mask(
     """Binary ``(N, H, W)`` mask of the cells covered by any box (:func:`box_cell_bounds` covering)."""
     boxes, valid = pad_boxes(gt_boxes, valid)
     check_boxes(boxes, boxes.shape[0])
-    inside = rasterize_boxes(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
-    return inside.any(dim=1).to(boxes.dtype if boxes.is_floating_point() else torch.float32)
+    counts = cover_counts(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
+    return counts.clamp(max=1)
 
 
 def inverse_area_mask(
