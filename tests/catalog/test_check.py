@@ -145,7 +145,7 @@ CASES = {
         edit("kind: arxiv", "kind: arxv"),
         [
             "papers/x.yaml:16: links[1].kind: must be one of arxiv, cvf, neurips, openreview, ecva, springer, ieee, "
-            "sciencedirect, aaai, icml, pmlr, ijcai, acm, doi; got 'arxv'; did you mean 'arxiv'?"
+            "sciencedirect, aaai, icml, iclr, pmlr, ijcai, acm, doi; got 'arxv'; did you mean 'arxiv'?"
         ],
     ),
     "arxiv link with a version suffix": (
@@ -724,4 +724,20 @@ def test_a_contributors_mistakes_are_reported_together(tmp_path):
         "papers/x.yaml:8: year: must be a whole number such as 2023; write 2022.0 without the decimal point",
         "papers/x.yaml:19: code[0].url: URL must not contain spaces, ( ) < > [ ] \\ ` or quotes; "
         "percent-encode them (( is %28, ) is %29)",
+    ]
+
+
+def test_iclr_proceedings_poster_and_openreview_links(tmp_path):
+    iclr = edit(
+        "  - kind: cvf\n    url: https://openaccess.thecvf.com/content/test.html\n",
+        "  - kind: iclr\n    url: https://proceedings.iclr.cc/paper_files/paper/2025/hash/x-Abstract-Conference.html\n"
+        "  - kind: iclr\n    url: https://iclr.cc/virtual/2025/poster/1\n"
+        "  - kind: openreview\n    url: https://openreview.net/forum?id=abc\n",
+        edit("venue: CVPR", "venue: ICLR"),
+    )
+    assert problems_for(tmp_path, {"papers/x.yaml": iclr}) == []
+    wrong = edit("kind: openreview", "kind: iclr", iclr)
+    assert problems_for(tmp_path / "wrong", {"papers/x.yaml": wrong}) == [
+        "papers/x.yaml:19: links[2].url: host 'openreview.net' does not match kind 'iclr' "
+        "(expected proceedings.iclr.cc or iclr.cc)"
     ]
