@@ -23,7 +23,6 @@ from catalog.bibtex import ascii_fold, base_key, surname, venue_table
 from catalog.http import Deadline, JsonCache, Policy, Throttle, request_with_retries
 from catalog.loader import PAPERS_DIR, SECTIONS_FILE, Problem, parse_text, read_regular_file
 from catalog.text import same_title, title_key
-from catalog.writer import write_paper
 
 DEFAULT_API = "https://export.arxiv.org/api/query"
 ENV_API = "CATALOG_ARXIV_API"
@@ -418,11 +417,3 @@ def template(arxiv_id: str | None = None) -> dict:
         data["arxiv"] = arxiv_id
         data["links"] = [{"kind": "arxiv", "url": f"https://arxiv.org/abs/{arxiv_id}"}]
     return data
-
-
-def write_new_paper(path: Path, data: dict) -> None:
-    """Write a new paper file; raises :class:`FileExistsError` rather than replace one."""
-    if path.exists() or path.is_symlink():
-        raise FileExistsError(str(path))
-    write_paper(path, data)
-

@@ -11,7 +11,7 @@ from catalog import arxiv
 from catalog.commands._common import reason
 from catalog.http import Policy
 from catalog.loader import PAPERS_DIR
-from catalog.writer import paper_to_yaml
+from catalog.writer import paper_to_yaml, write_paper
 
 HELP = "write papers/<id>.yaml from an arXiv id (or, with --offline, from a template)"
 _PAPER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -99,11 +99,11 @@ def _write(root: Path, paper_id: str, data: dict) -> int:
         return 2
     path = root / PAPERS_DIR / f"{paper_id}.yaml"
     rel = path.relative_to(root).as_posix()
-    try:
-        arxiv.write_new_paper(path, data)
-    except FileExistsError:
+    if path.exists() or path.is_symlink():
         print(f"new: {rel} exists; choose another --id", file=sys.stderr)
         return 1
+    try:
+        write_paper(path, data)
     except OSError as error:
         print(f"new: cannot write {rel}: {reason(error)}", file=sys.stderr)
         return 1

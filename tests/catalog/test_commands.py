@@ -111,3 +111,10 @@ def test_url_host():
     assert host_key("https://example.com:443/") == "example.com"
     assert host_key("http://example.com:8080/") == "example.com:8080"
     assert host_key("http://[::1]:8080/") == "[::1]:8080"
+
+
+def test_new_offline_when_papers_is_a_file(tmp_path, capsys):
+    (tmp_path / "papers").write_text("not a folder\n")
+    assert cli.main(["new", "--offline", "x", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("new: cannot write papers/x.yaml:") and "Traceback" not in err
