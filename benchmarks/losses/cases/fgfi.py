@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kdimpl.losses.fgfi import fgfi_loss, grid_anchors
+from kdimpl import multilevel_loss
+from kdimpl.losses.fgfi import fgfi_grid_anchors, fgfi_imitation_mask, fgfi_loss
 from . import BenchCase, feature_levels
 
 
@@ -18,18 +19,19 @@ def level_anchors(levels, image_size, device, dtype=torch.float32):
         half_w, half_h = size / ratios.sqrt() / 2, size * ratios.sqrt() / 2
         centre = stride / 2
         base = torch.stack([centre - half_w, centre - half_h, centre + half_w, centre + half_h], dim=1)
-        anchors.append(grid_anchors(base, (h, w), stride))
+        anchors.append(fgfi_grid_anchors(base, (h, w), stride))
     return anchors
 
 
 def _make(device, dtype, levels, gt_boxes, image_size, channels=256):
     student, teacher = feature_levels(device, dtype, levels, len(gt_boxes), channels)
     anchors = level_anchors(levels, image_size, device)
-
-    def run():
-        return sum(fgfi_loss(s, t, gt_boxes, a) for s, t, a in zip(student, teacher, anchors))
-
-    return run
+    return lambda: multilevel_loss(fgfi_loss, student, teacher, anchors, gt_boxes=gt_boxes)
 
 
-BENCH = [BenchCase("fgfi", _make)]
+def _make_masks(device, dtype, levels, gt_boxes, image_size):
+    anchors = level_anchors(levels, image_size, device)
+    return lambda: [fgfi_imitation_mask(gt_boxes, a) for a in anchors]
+
+
+BENCH = [BenchCase("fgfi", _make), BenchCase("fgfi_masks", _make_masks, backward=False)]

@@ -1,6 +1,6 @@
 import torch
 
-from kdimpl.losses.fgfi import grid_anchors
+from kdimpl.losses.fgfi import fgfi_grid_anchors
 
 from . import LossCase, feature_pair, random_boxes
 
@@ -12,7 +12,7 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     image_size = (height * STRIDE, width * STRIDE)
     student, teacher = feature_pair(generator, device, dtype, batch, 4, height, width)
     boxes = [random_boxes(generator, num_boxes, image_size, device) for _ in range(batch)]
-    anchors = grid_anchors(BASE_ANCHORS.to(device), (height, width), STRIDE)
+    anchors = fgfi_grid_anchors(BASE_ANCHORS.to(device), (height, width), STRIDE)
     return (student, teacher), {"gt_boxes": boxes, "anchors": anchors}
 
 
