@@ -17,12 +17,11 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from catalog.bibtex import ascii_fold, base_key, surname, venue_table
 from catalog.http import Deadline, JsonCache, Policy, Throttle, request_with_retries
 from catalog.loader import PAPERS_DIR, SECTIONS_FILE, Problem, parse_text, read_regular_file
-from catalog.text import same_title, title_key
+from catalog.text import same_title, title_key, url_host
 
 DEFAULT_API = "https://export.arxiv.org/api/query"
 ENV_API = "CATALOG_ARXIV_API"
@@ -179,7 +178,7 @@ def fetch_records(ids, *, policy: Policy | None = None, batch: int = 50, pause: 
         out = request_with_retries("GET", api_url(), policy, throttle, limit, stream=False,
                                    params={"id_list": ",".join(chunk), "max_results": str(len(chunk))})
         if out.response is None:
-            host = urlsplit(api_url()).hostname or api_url()
+            host = url_host(api_url()) or api_url()
             raise ArxivUnreachable(host, _REASONS.get(out.error or "", out.error or "no answer"))
         if out.response.status_code != 200:
             raise ArxivError(f"arXiv API {api_url()} answered HTTP {out.response.status_code}")
