@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._base import LossModule
 from .._checks import (
@@ -22,6 +22,7 @@ from .._checks import (
 )
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..adapters.defeat import DeFeatAdapter
 from ..masks import cover_counts
 from ..ops import padded_boxes
 
@@ -132,6 +133,7 @@ def defeat_loss(
     level: int = 0,
     num_levels: int = 1,
     *,
+    adapter_student: nn.Module | None = None,
     fg_weight: float = 3.0,
     bg_weight: float = 12.0,
     finest_scale: float = 56.0,
@@ -151,15 +153,16 @@ def defeat_loss(
     level_weights=[1 / L] * L)``, which also passes each call its ``level`` and ``num_levels``.
 
     Args:
-        student: adapted student features :math:`\phi(S)` of this level
-            (see :class:`kdimpl.DeFeatAdapter`).
-        teacher: teacher features of the same shape (detached inside).
+        student: student features of this level; adapted by ``adapter_student`` when given.
+        teacher: teacher features of the adapted student's shape (detached inside).
         gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels of the input tensor (or padded ``(N, M, 4)``).
         image_size: ``(height, width)`` of the (padded) input tensor, or ``(N, 2)``; the level's
             stride is derived from it and the feature size.
         level: index of this feature map among ``num_levels`` (0 = finest); boxes are assigned to
             levels first, so only those assigned to ``level`` enter its mask.
         num_levels: number of FPN levels (default 1: every box enters this level's mask).
+        adapter_student: :math:`\phi`, the level's adaptation (official: a 3x3 convolution, one
+            level of :class:`kdimpl.DeFeatAdapter`), or ``None`` when ``student`` is already adapted.
         fg_weight: :math:`\alpha_{obj}` (official config ``hint_neck_w = 3``).
         bg_weight: :math:`\alpha_{bg}` (official config ``hint_neck_back_w = 12``).
         finest_scale: level-assignment scale :math:`s_0` (56).
@@ -198,6 +201,8 @@ def defeat_loss(
         dtype (float32 for half inputs). The paper writes :math:`N` as a number of positions; the
         official code (followed here) includes :math:`C`.
     """
+    check_shape(student, "student", "N C H W")
+    student = student if adapter_student is None else adapter_student(student)
     check_feature_pair(student, teacher)
     check_options(fg_weight=fg_weight, bg_weight=bg_weight, reduction=reduction)
     check_boxes(gt_boxes, student.shape[0])
@@ -226,21 +231,34 @@ class DeFeatLoss(LossModule):
     """Module twin of :func:`defeat_loss`; ``loss_weight`` multiplies the result.
 
     ``level`` and ``num_levels`` are inputs of ``forward`` (:class:`kdimpl.MultiLevelLoss` passes
-    them); ``MultiLevelLoss(DeFeatLoss(), level_weights=[1 / L] * L)`` is the official total.
+    them). The official total with its per-level adaptations is
+    ``MultiLevelLoss([DeFeatLoss(student_channels=256) for _ in range(L)], level_weights=[1 / L] * L)``.
+
+    Args:
+        student_channels: when given, the twin owns the level's ``adapter_student``, a 3x3
+            convolution to ``teacher_channels`` initialised as in the official code (one level of
+            :class:`kdimpl.DeFeatAdapter`); ``None``: pass adapted features (or ``adapter_student``).
+        teacher_channels: output channels of that adaptation (default: ``student_channels``).
     """
 
     def __init__(
         self,
         *,
+        student_channels: int | None = None,
+        teacher_channels: int | None = None,
         fg_weight: float = 3.0,
         bg_weight: float = 12.0,
         finest_scale: float = 56.0,
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
+        owned = {}
+        if student_channels is not None:
+            adapter = DeFeatAdapter(student_channels, teacher_channels or student_channels, num_levels=1)
+            owned["adapter_student"] = adapter.convs[0]
         super().__init__(
             fg_weight=fg_weight, bg_weight=bg_weight, finest_scale=finest_scale, reduction=reduction,
-            loss_weight=loss_weight,
+            loss_weight=loss_weight, **owned,
         )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._base import LossModule
 from .._checks import _tracing, check_boxes, check_feature_pair, check_options, check_shape, check_unit_interval
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..adapters.fgfi import FGFIAdapter
 from ..ops import padded_boxes
 
 __all__ = ["fgfi_grid_anchors", "fgfi_imitation_mask"]
@@ -178,6 +179,7 @@ def fgfi_loss(
     anchors: Tensor,
     gt_boxes: Sequence[Tensor] | Tensor,
     *,
+    adapter_student: nn.Module | None = None,
     psi: float = 0.5,
     reduction: str = "mean",
 ) -> Tensor:
@@ -192,12 +194,13 @@ def fgfi_loss(
     ``multilevel_loss(fgfi_loss, students, teachers, anchors_per_level, gt_boxes=gt_boxes)``.
 
     Args:
-        student: adapted student features :math:`f_{adap}(s)` (apply :class:`kdimpl.FGFIAdapter`
-            first; the paper uses it even when channels match).
-        teacher: teacher features of the same shape (detached inside).
+        student: student features; adapted by ``adapter_student`` when given.
+        teacher: teacher features of the adapted student's shape (detached inside).
         anchors: ``(H, W, A, 4)`` anchors of this feature map in pixels of the input tensor
             (:func:`fgfi_grid_anchors`); they carry the level's geometry, so no image size is needed.
         gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels of the input tensor (or padded ``(N, M, 4)``).
+        adapter_student: :math:`f_{adap}` (:class:`kdimpl.FGFIAdapter`; the paper adapts the student
+            even when channels match), or ``None`` when ``student`` is already adapted.
         psi: threshold factor :math:`\psi` (default 0.5).
         reduction: ``'mean'`` (default) applies the paper's own normalisation: the masked sum divided
             by :math:`2 N_p`, the number of imitated positions (not positions x channels; clamped to
@@ -232,6 +235,8 @@ def fgfi_loss(
         The training recipe (weight 0.01, imitation off for the first 400 iterations) is left
         to the caller.
     """
+    check_shape(student, "student", "N C H W")
+    student = student if adapter_student is None else adapter_student(student)
     check_feature_pair(student, teacher)
     check_options(reduction=reduction)
     check_unit_interval(psi, "psi")
@@ -251,8 +256,26 @@ def fgfi_loss(
 
 @register_loss("fgfi", function=fgfi_loss)
 class FGFILoss(LossModule):
-    """Module twin of :func:`fgfi_loss`; ``loss_weight`` multiplies the result (the paper uses 0.01)."""
+    """Module twin of :func:`fgfi_loss`; ``loss_weight`` multiplies the result (the paper uses 0.01).
 
-    def __init__(self, *, psi: float = 0.5, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+    Args:
+        student_channels: when given, the twin owns ``adapter_student``, an
+            :class:`kdimpl.FGFIAdapter` to ``teacher_channels``; ``None``: pass adapted features
+            (or ``adapter_student``).
+        teacher_channels: output channels of that adapter (default: ``student_channels``).
+    """
+
+    def __init__(
+        self,
+        *,
+        student_channels: int | None = None,
+        teacher_channels: int | None = None,
+        psi: float = 0.5,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
         check_unit_interval(psi, "psi")
-        super().__init__(psi=psi, reduction=reduction, loss_weight=loss_weight)
+        owned = {}
+        if student_channels is not None:
+            owned["adapter_student"] = FGFIAdapter(student_channels, teacher_channels or student_channels)
+        super().__init__(psi=psi, reduction=reduction, loss_weight=loss_weight, **owned)

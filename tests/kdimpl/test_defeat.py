@@ -295,3 +295,21 @@ def test_empty_batch_gives_a_connected_zero():
     loss = DeFeatRoIKDLoss()(logits, torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss == 0 and logits.grad is not None
+
+
+@pytest.mark.parity
+def test_twins_owning_the_level_adapters_match_official():
+    f = torch.load(FIXTURES / "defeat_loss.pt")
+    criterion = MultiLevelLoss([DeFeatLoss(student_channels=4) for _ in range(5)], level_weights=[1 / 5] * 5)
+    owned = {id(p) for p in criterion.parameters()}
+    for level, twin in enumerate(criterion.losses):
+        assert {id(p) for p in twin.adapter_student.parameters()} <= owned
+        twin.adapter_student.load_state_dict({"weight": f["adapter_state"][f"{level}.0.weight"],
+                                              "bias": f["adapter_state"][f"{level}.0.bias"]})
+    criterion.double()
+    students = [s.double().requires_grad_(True) for s in f["students"]]
+    total = criterion(students, [t.double() for t in f["teachers"]], gt_boxes=f["gt_boxes"], image_size=f["image_size"])
+    torch.testing.assert_close(total, f["loss_fg_float64"] + f["loss_bg_float64"], rtol=1e-10, atol=0)
+    total.backward()
+    for mine, official in zip(students, f["grads_float64"]):
+        torch.testing.assert_close(mine.grad.float(), official, rtol=1e-5, atol=1e-8)

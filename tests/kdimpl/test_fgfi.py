@@ -262,3 +262,18 @@ def test_loss_and_gradient_equal_under_both_forms():
     (grad_compiled,) = torch.autograd.grad(compiled, student)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     torch.testing.assert_close(grad_compiled, grad_eager, rtol=0, atol=0)
+
+
+@pytest.mark.parity
+def test_twin_owning_the_adapter_matches_official():
+    f = _fixture()
+    criterion = FGFILoss(student_channels=8)
+    criterion.adapter_student.conv.load_state_dict({k.removeprefix("0."): v for k, v in f["adapter_state"].items()})
+    assert len(list(criterion.parameters())) == 2
+    criterion.double()
+    anchors = fgfi_grid_anchors(f["base_anchors"], f["feature_size"], f["stride"])
+    student = f["student"].double().requires_grad_(True)
+    loss = criterion(student, f["teacher"].double(), anchors, f["gt_boxes"])
+    loss.backward()
+    torch.testing.assert_close(loss, f["loss_float64"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(student.grad.float(), f["grad_float64"], rtol=1e-5, atol=1e-9)
