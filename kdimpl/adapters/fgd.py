@@ -20,6 +20,7 @@ class FGDGlobalContext(nn.Module):
     ``W_{v2}`` are 1x1 convolutions ``C -> C/2 -> C`` around a LayerNorm over ``(C/2, 1, 1)``.
     FGD uses one block for the student and a separate one for the teacher; both are trained
     (the teacher block receives gradients through the global loss, the teacher features do not).
+    ``FGDLoss(channels=C)`` builds and owns the pair (``global_student``, ``global_teacher``).
 
     Initialisation follows the official code (yzd-v/FGD ``reset_parameters``): ``W_k`` is
     Kaiming-normal (fan-in) with zero bias and the last convolution is all zeros, so the block

@@ -86,6 +86,8 @@ class FKDStudentAdapter(nn.Module):
     - ``non_local``: the student's :class:`NonLocalBlock2d`, followed by ``relation``, a 1x1 convolution.
 
     Layers other than the non-local block keep PyTorch's default initialisation, like mmrazor.
+    ``FKDLoss(channels=C)`` builds and owns one (``adapter_student``) with the teacher's
+    :class:`NonLocalBlock2d` (``non_local_teacher``).
 
     Args:
         channels: ``C`` (student features must already have the teacher's channel count).
