@@ -347,6 +347,7 @@ _PATTERN_MESSAGES = {
     "arxiv": "must be an arXiv id such as '2111.11837' or 'cs/0601001', without a version suffix",
     "doi": "must be a DOI such as '10.1109/CVPR52688.2022.00460', without 'https://doi.org/'",
     "sections": "section ids use lowercase letters, digits and '-'",
+    "extends": "must be a paper id (its file name without .yaml): lowercase letters, digits and '-'",
     "id": "ids use lowercase letters, digits and '-', starting with a letter or digit",
     "name": "must be a Python identifier",
 }
@@ -465,6 +466,7 @@ def build_paper(doc: Document) -> Paper:
         venue=data.get("venue"),
         arxiv=data.get("arxiv"),
         doi=data.get("doi"),
+        extends=data.get("extends"),
         code=tuple(
             CodeLink(url=code["url"], label=code.get("label") or code_label(code["url"]), official=code["official"])
             for code in data.get("code", ())

@@ -53,6 +53,7 @@ class Paper:
     venue: str | None = None  # short venue ("CVPR", "TPAMI", "arXiv")
     arxiv: str | None = None  # arXiv identifier without version, e.g. "2111.11837"
     doi: str | None = None
+    extends: str | None = None  # id of the conference paper this journal version extends
     code: tuple[CodeLink, ...] = ()
     implementations: tuple[Implementation, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # section id -> text shown there instead of the description

@@ -10,7 +10,10 @@ Rules that keep awesome-lint's ``double-link`` rule happy (every URL is linked o
 
 * a paper in several sections is written in full in its first section only; the others show a
   short reference (its ``notes`` text for that section when given, else the description);
-* a code URL or kdimpl file already linked higher up in the README is named in plain text.
+* a code URL or kdimpl file already linked higher up in the README is named in plain text;
+* a journal version that ``extends`` a conference paper is written inside the conference paper's
+  full entry (its links, code not already there, description when different); in its sections that
+  the conference paper does not have, it is a short reference to that entry.
 """
 
 from __future__ import annotations
@@ -109,6 +112,17 @@ class ImplementationGroup:
 
 
 @dataclass
+class Extension:
+    """A journal version written inside its conference paper's entry."""
+
+    line: str  # "Journal extension (*TPAMI 2023*): Title, by Authors."
+    description: str  # "" when it is the conference paper's
+    links: list[LinkView] = field(default_factory=list)
+    code: list[CodeView] = field(default_factory=list)
+    implementations: list[ImplementationGroup] = field(default_factory=list)
+
+
+@dataclass
 class Entry:
     full: bool  # written in full (the paper's first section) or as a reference
     header: str
@@ -119,6 +133,7 @@ class Entry:
     links: list[LinkView] = field(default_factory=list)
     code: list[CodeView] = field(default_factory=list)
     implementations: list[ImplementationGroup] = field(default_factory=list)
+    extensions: list[Extension] = field(default_factory=list)
 
 
 def _venue_year(paper: Paper) -> str:
@@ -134,11 +149,27 @@ def _reference_name(paper: Paper) -> str:
     return f"{paper.method} ({_venue_year(paper)})" if paper.method else f"{paper.title} ({_venue_year(paper)})"
 
 
+def extensions(catalog: Catalog) -> dict[str, list[Paper]]:
+    """Conference paper id -> the journal versions written inside its entry, in README order.
+
+    Only an ``extends`` that names a loaded paper which is not an extension itself counts; ``check``
+    reports the others, and those papers are rendered as entries of their own.
+    """
+    by_id = {paper.id: paper for paper in catalog.papers}
+    found: dict[str, list[Paper]] = {}
+    for paper in sorted(catalog.papers, key=sort_key):
+        target = by_id.get(paper.extends) if paper.extends else None
+        if target is not None and target is not paper and target.extends is None:
+            found.setdefault(target.id, []).append(paper)
+    return found
+
+
 def statistics(catalog: Catalog) -> dict[str, int]:
-    """The counts of the README's statistics line."""
+    """The counts of the README's statistics line; ``papers`` counts every paper file."""
     implemented = [paper for paper in catalog.papers if paper.implementations]
     return {
         "papers": len(catalog.papers),
+        "extensions": sum(len(papers) for papers in extensions(catalog).values()),
         "official_code": sum(any(code.official for code in paper.code) for paper in catalog.papers),
         "kdimpl": len(implemented),
         "parity": sum(all(impl.verification == "parity" for impl in paper.implementations) for paper in implemented),
@@ -150,9 +181,14 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
     slugger = Slugger()
     slugger.slug(f"{TITLE} Awesome")  # the H1 (badge alt text included), then "Contents"
     slugger.slug(TOC_TITLE)
+    nested = extensions(catalog)
+    by_id = {paper.id: paper for paper in catalog.papers}
+    homes = {paper.id: by_id[conference].sections[0] for conference, papers in nested.items() for paper in papers}
     by_section: dict[str, list[Paper]] = {}
     for paper in catalog.papers:
         for section_id in paper.sections:
+            if paper.id in homes and section_id in by_id[paper.extends].sections:
+                continue  # written with the conference paper, or referenced with it
             by_section.setdefault(section_id, []).append(paper)
     titles = {section.id: section.title for section in catalog.walk_sections()}
     linked: dict[str, str] = {}  # URL -> who linked it first (README order)
@@ -166,25 +202,48 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
 
     def entry(paper: Paper, section_id: str) -> Entry:
         head = (_header(paper), md_line(paper.title), md_line(" and ".join(paper.authors)))
-        if paper.sections[0] != section_id:
-            home = paper.sections[0]
+        home = homes.get(paper.id, paper.sections[0])
+        if home != section_id:
             return Entry(False, *head, md(paper.notes.get(section_id, paper.description)), md(titles.get(home, home)))
         item = Entry(True, *head, md(paper.description))
         item.links = [LinkView(label(link.label), link.url) for link in paper.links]
-        for code in paper.code:
-            ref = linked.get(code.url)
-            if ref is None:
-                item.code.append(CodeView(label(code.label), code.url, not code.official, None))
-                linked[code.url] = _reference_name(paper)
-            else:
-                item.code.append(CodeView(label(code.label), None, not code.official, md(ref)))
-        item.implementations = implementation_groups(paper)
+        item.code = code_views(paper, paper.code)
+        item.implementations = implementation_groups(paper, paper.implementations)
+        item.extensions = [extension(journal, paper) for journal in nested.get(paper.id, ())]
         return item
 
-    def implementation_groups(paper: Paper) -> list[ImplementationGroup]:
+    def extension(paper: Paper, conference: Paper) -> Extension:
+        method = f"{md(paper.method)} " if paper.method and paper.method != conference.method else ""
+        line = f"Journal extension, {method}" if method else "Journal extension "
+        line += f"(*{md(_venue_year(paper))}*): {md(paper.title)}"
+        if paper.authors != conference.authors:
+            line += ", by " + md(" and ".join(paper.authors))
+        own = {(impl.name, impl.verification) for impl in conference.implementations}
+        return Extension(
+            line + ("" if line.endswith((".", "?", "!")) else "."),
+            md(paper.description) if paper.description != conference.description else "",
+            [LinkView(label(link.label), link.url) for link in paper.links],
+            code_views(paper, [code for code in paper.code if code.url not in {c.url for c in conference.code}]),
+            implementation_groups(
+                paper, [impl for impl in paper.implementations if (impl.name, impl.verification) not in own]
+            ),
+        )
+
+    def code_views(paper: Paper, codes) -> list[CodeView]:
+        views = []
+        for code in codes:
+            ref = linked.get(code.url)
+            if ref is None:
+                views.append(CodeView(label(code.label), code.url, not code.official, None))
+                linked[code.url] = _reference_name(paper)
+            else:
+                views.append(CodeView(label(code.label), None, not code.official, md(ref)))
+        return views
+
+    def implementation_groups(paper: Paper, implementations) -> list[ImplementationGroup]:
         """Objects grouped by verification level, then by defining file, in the YAML's order."""
         grouped: dict[str, dict[str, list[str]]] = {}
-        for impl in paper.implementations:
+        for impl in implementations:
             path = kdimpl_files.get(impl.name, "kdimpl")  # unknown names fail `check`; build still renders
             grouped.setdefault(impl.verification, {}).setdefault(path, []).append(f"`{impl.name}`")
         groups = []

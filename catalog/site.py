@@ -16,7 +16,7 @@ import jinja2
 
 from catalog.kdimpl_index import scan
 from catalog.model import VERIFICATION_LEVELS, Catalog, Paper, Section
-from catalog.render import TITLE, VERIFICATION_WORDS, sort_key, statistics
+from catalog.render import TITLE, VERIFICATION_WORDS, extensions, sort_key, statistics
 
 TEMPLATES = "templates/site"
 PAGE = "index.html.j2"
@@ -108,18 +108,37 @@ def search_record(paper: Paper, ancestors: dict[str, list[str]]) -> dict:
     }
 
 
+def _relate_extensions(views: list[dict], catalog: Catalog) -> None:
+    """Journal versions (``extends``) and the conference papers they extend point to each other."""
+    index = {view["id"]: view for view in views}
+    for view in views:
+        view["extends"], view["extensions"] = None, []
+    for conference_id, journals in extensions(catalog).items():
+        conference = index[conference_id]
+        for journal in journals:
+            index[journal.id]["extends"] = {"id": conference_id, "name": _short_name(conference)}
+            conference["extensions"].append({"id": journal.id, "name": _short_name(index[journal.id])})
+
+
+def _short_name(view: dict) -> str:
+    when = f"{view['venue']} {view['year']}" if view["venue"] else str(view["year"])
+    return f"{view['method'] or view['title']} ({when})"
+
+
 def build_site_view(catalog: Catalog, kdimpl_files: dict[str, str], api_base: str = "api/",
                     repository: str = REPOSITORY) -> dict:
     """The page template's context."""
     titles = {section.id: section.title for section in catalog.walk_sections()}
     ancestors = _ancestors(catalog.sections)
     papers = _ordered(catalog)
+    views = [paper_view(paper, titles, kdimpl_files, api_base, repository) for paper in papers]
+    _relate_extensions(views, catalog)
     return {
         "title": TITLE,
         "repository": repository,
         "api_base": api_base,
         "stats": statistics(catalog),
-        "papers": [paper_view(paper, titles, kdimpl_files, api_base, repository) for paper in papers],
+        "papers": views,
         "records": [search_record(paper, ancestors) for paper in papers],
         "sections": [{"id": section.id, "title": section.title, "depth": section.level - 2}
                      for section in catalog.walk_sections()],

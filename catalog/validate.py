@@ -551,6 +551,70 @@ def duplicate_problems(docs: list[Document], readme: str = "") -> list[Problem]:
     return problems
 
 
+def _paper_id(path: str) -> str:
+    return path.rsplit("/", 1)[-1].removesuffix(".yaml")
+
+
+def extension_problems(docs: list[Document], ids: set[str]) -> list[Problem]:
+    """The ``extends`` rules: a journal version names an existing conference paper, not itself and not
+    another extension (no chains or cycles), and shares a section with it.
+
+    ``docs`` are the papers that passed the schema; ``ids`` the ids of every paper file, loaded or not
+    (a file that failed the schema has its own problems, so naming it is not reported again).
+    """
+    by_id = {_paper_id(doc.path): doc for doc in docs}
+    known = venues()
+    problems: list[Problem] = []
+    for doc in docs:
+        target = doc.data.get("extends")
+        if target is None:
+            continue
+        where = ("extends",)
+        own = _paper_id(doc.path)
+        venue = doc.data["venue"]
+        if venue in known and known[venue].get("type") != "article":
+            problems.append(
+                doc.problem(
+                    where,
+                    f"only a journal version extends a conference paper, and {venue!r} is not a journal in "
+                    "catalog/data/venues.yaml; remove extends, or put it in the journal version's file",
+                )
+            )
+        if target == own:
+            problems.append(
+                doc.problem(where, "a paper cannot extend itself; write the id of the conference paper it extends")
+            )
+            continue
+        other = by_id.get(target)
+        if other is None:
+            if target not in ids:
+                hint = did_you_mean(target, sorted(ids - {own})) or (
+                    "; write the id of the conference paper (its file name in papers/ without .yaml)"
+                )
+                problems.append(doc.problem(where, f"unknown paper id {target!r}{hint}"))
+            continue
+        if "extends" in other.data:
+            problems.append(
+                doc.problem(
+                    where,
+                    f"{target!r} is itself an extension of {other.data['extends']!r}; extensions do not chain: "
+                    "name the original conference paper, and remove extends from one of the two files if they "
+                    "name each other",
+                )
+            )
+            continue
+        shared = set(doc.data["sections"]) & set(other.data["sections"])
+        if not shared:
+            problems.append(
+                doc.problem(
+                    where,
+                    f"shares no section with {target!r} ({', '.join(other.data['sections'])}); add its first "
+                    f"section {other.data['sections'][0]!r} to sections, where the two are listed together",
+                )
+            )
+    return problems
+
+
 def check_file(root: Path, rel: str, known: list[str], kdimpl: _KdimplIndex, limit: int) -> tuple[Document, bool]:
     """Parse and check one paper file; ``ok`` is whether it passed the schema (and so can be loaded)."""
     raw = read_bytes(root, rel)
@@ -651,6 +715,7 @@ def validate_root(root: Path) -> Result:
     except OSError:
         readme = ""
     problems.extend(duplicate_problems(loaded, readme))
+    problems.extend(extension_problems(loaded, {_paper_id(rel) for rel in yaml_files}))
     problems.sort()
     catalog = Catalog(papers=tuple(papers), sections=sections, root=str(root))
     return Result(catalog, problems, kdimpl._index)

@@ -26,6 +26,7 @@ PAPER_KEYS = (
     "year",
     "arxiv",
     "doi",
+    "extends",
     "sections",
     "description",
     "links",

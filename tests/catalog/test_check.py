@@ -741,3 +741,64 @@ def test_iclr_proceedings_poster_and_openreview_links(tmp_path):
         "papers/x.yaml:19: links[2].url: host 'openreview.net' does not match kind 'iclr' "
         "(expected proceedings.iclr.cc or iclr.cc)"
     ]
+
+
+def journal(target: str, text: str = BASE) -> str:
+    """BASE as a journal version that extends ``target`` (``extends`` on line 10)."""
+    return edit('arxiv: "2201.99999"\n', f'arxiv: "2201.99999"\nextends: {target}\n', edit("venue: CVPR", "venue: TPAMI", text))
+
+
+def other_paper(text: str) -> str:
+    """A second, different paper (no duplicate of BASE)."""
+    return (
+        text.replace("2201.99999", "2201.88888")
+        .replace("A Test Paper on Distillation", "Another Test Paper")
+        .replace("content/test.html", "content/other.html")
+    )
+
+
+def test_a_journal_version_extends_a_conference_paper(tmp_path):
+    assert problems_for(tmp_path, {"papers/x.yaml": journal("alpha")}) == []
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("alpah", "unknown paper id 'alpah'; did you mean 'alpha'?"),
+        ("zzz", "unknown paper id 'zzz'; write the id of the conference paper (its file name in papers/ without .yaml)"),
+        ("x", "a paper cannot extend itself; write the id of the conference paper it extends"),
+        (
+            "gamma",
+            "shares no section with 'gamma' (heterogeneous); add its first section 'heterogeneous' to sections, "
+            "where the two are listed together",
+        ),
+        ("Alpha", "must be a paper id (its file name without .yaml): lowercase letters, digits and '-'"),
+    ],
+)
+def test_extends_problems(tmp_path, target, message):
+    assert problems_for(tmp_path, {"papers/x.yaml": journal(target)}) == [f"papers/x.yaml:10: extends: {message}"]
+
+
+def test_only_a_journal_version_extends(tmp_path):
+    conference = edit("venue: TPAMI", "venue: ICCV", journal("alpha"))
+    assert problems_for(tmp_path, {"papers/x.yaml": conference}) == [
+        "papers/x.yaml:10: extends: only a journal version extends a conference paper, and 'ICCV' is not a journal "
+        "in catalog/data/venues.yaml; remove extends, or put it in the journal version's file"
+    ]
+
+
+def test_extensions_do_not_chain_or_cycle(tmp_path):
+    chained = problems_for(tmp_path, {"papers/x.yaml": journal("alpha"), "papers/y.yaml": other_paper(journal("x"))})
+    assert chained == [
+        "papers/y.yaml:10: extends: 'x' is itself an extension of 'alpha'; extensions do not chain: name the original "
+        "conference paper, and remove extends from one of the two files if they name each other"
+    ]
+    cycle = problems_for(tmp_path / "cycle", {"papers/x.yaml": journal("y"), "papers/y.yaml": other_paper(journal("x"))})
+    assert [problem.split(": extends: ")[0] for problem in cycle] == ["papers/x.yaml:10", "papers/y.yaml:10"]
+    assert all("is itself an extension of" in problem for problem in cycle)
+
+
+def test_extending_a_file_that_fails_the_schema_is_reported_once(tmp_path):
+    broken = other_paper(BASE).replace("title: Another Test Paper\n", "")
+    problems = problems_for(tmp_path, {"papers/x.yaml": journal("broken"), "papers/broken.yaml": broken})
+    assert problems == ["papers/broken.yaml:2: title: missing required field"]

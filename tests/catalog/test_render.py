@@ -417,3 +417,108 @@ def test_statistics_line_counts_the_data(tmp_path):
         "\n**4 papers**, 1 with official code, 3 with a reference implementation in kdimpl "
         "(1 of them matching the official code's numbers).\n" in readme
     )
+
+
+ALPHA_JOURNAL = """\
+# yaml-language-server: $schema=../catalog/schema/paper.schema.json
+method: ALPHA
+title: Alpha Distillation for Detection, Extended
+authors:
+  - Ada Lovelace
+  - Alan Turing
+  - Grace Hopper
+venue: TPAMI
+year: 2024
+doi: 10.1109/TPAMI.2024.1
+extends: alpha
+sections:
+  - masks
+  - heterogeneous
+description: Extends ALPHA to heterogeneous pairs.
+links:
+  - kind: doi
+    url: https://doi.org/10.1109/TPAMI.2024.1
+code:
+  - url: https://github.com/example/alpha
+    official: true
+  - url: https://github.com/example/alpha-plus
+    official: true
+implementations:
+  - name: ToyLoss
+    verification: parity
+  - name: toy_loss
+    verification: paper
+notes:
+  heterogeneous: The journal version's experiments on heterogeneous pairs.
+"""
+
+
+def test_a_journal_extension_is_written_inside_its_conference_papers_entry(tmp_path):
+    root = make_repo(tmp_path)
+    (root / "papers" / "alpha-journal.yaml").write_text(ALPHA_JOURNAL, encoding="utf-8")
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    # after the conference paper's own lines: its links, the code and kdimpl objects the conference paper
+    # does not list, its own description; no entry of its own
+    masks = section(readme, "Foreground Masks")
+    assert [line for line in masks.splitlines() if line.startswith("ALPHA.")] == ["ALPHA. *CVPR 2022*."]
+    assert masks.endswith(
+        """\
+<[Toolbox](https://github.com/example/toolbox/tree/main/alpha) (third-party)>
+\\- Distils the teacher's foreground features.
+Implementation in kdimpl, matching the official code's numbers: `ToyLoss` in `kdimpl/losses/toy.py` (linked above).
+Journal extension (*TPAMI 2024*): Alpha Distillation for Detection, Extended, by Ada Lovelace and Alan Turing and \
+Grace Hopper.
+\\[[DOI](https://doi.org/10.1109/TPAMI.2024.1)\\]
+<[GitHub](https://github.com/example/alpha-plus)>
+\\- Extends ALPHA to heterogeneous pairs.
+Implementation in kdimpl, checked against the paper's equations: `toy_loss` in `kdimpl/losses/toy.py` (linked above).
+
+- Alpha Distillation for Dense Detectors
+- Ada Lovelace and Alan Turing
+
+"""
+    )
+    # a section of the journal version only: a reference to the entry that holds it
+    assert section(readme, "Heterogeneous Pairs").endswith(
+        """\
+ALPHA. *TPAMI 2024*.
+Listed with its links under *Foreground Masks*.
+\\- The journal version's experiments on heterogeneous pairs.
+
+- Alpha Distillation for Detection, Extended
+- Ada Lovelace and Alan Turing and Grace Hopper
+
+"""
+    )
+    assert "TPAMI" not in section(readme, "Teacher Free")
+    # both papers are counted, and both are in papers.bib
+    assert (
+        "\n**5 papers** (1 journal extension among them, listed with its conference paper), 2 with official code, "
+        "4 with a reference implementation in kdimpl (1 of them matching the official code's numbers).\n" in readme
+    )
+    bib = (root / "papers.bib").read_text(encoding="utf-8")
+    titles = re.findall(r"^@(\w+)\{.*?^  title\s*= \{(.*?)\},$", bib, re.M | re.S)
+    assert ("inproceedings", "Alpha Distillation for Dense Detectors") in titles
+    assert ("article", "Alpha Distillation for Detection, Extended") in titles
+    urls = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert len(urls) == len(set(urls))
+    assert cli.main(["check", "--strict", "--root", str(root)]) == 0
+
+
+def test_a_journal_extension_with_the_same_authors_and_description_says_only_what_differs(tmp_path):
+    root = make_repo(tmp_path)
+    journal = (
+        ALPHA_JOURNAL.replace("  - Grace Hopper\n", "")
+        .replace("Extends ALPHA to heterogeneous pairs.", "Distils the teacher's foreground features.")
+        .replace("method: ALPHA", "method: ALPHA++")
+    )
+    (root / "papers" / "alpha-journal.yaml").write_text(journal, encoding="utf-8")
+    assert build(root) == 0
+    masks = section((root / "README.md").read_text(encoding="utf-8"), "Foreground Masks")
+    assert (
+        "Journal extension, ALPHA++ (*TPAMI 2024*): Alpha Distillation for Detection, Extended.\n"
+        "\\[[DOI](https://doi.org/10.1109/TPAMI.2024.1)\\]\n"
+        "<[GitHub](https://github.com/example/alpha-plus)>\n"
+        "Implementation in kdimpl" in masks
+    )

@@ -20,6 +20,7 @@ def _paper(**overrides):
         "description": "Focal distillation separates the foreground and background, " * 4,
         "sections": ["attention-guided", "teacher-free"],
         "doi": "10.1109/CVPR52688.2022.00460",
+        "extends": "fgd-conference",
         "arxiv": "2111.11837",
         "year": 2022,
         "venue": "CVPR",

@@ -168,3 +168,17 @@ def test_the_real_catalog_builds(tmp_path):
     papers = [path for path in (REPO / "papers").glob("*.yaml") if not path.name.startswith("_")]
     assert len([tag for tag, _ in page.elements if tag == "article"]) == len(papers)
     assert len(page.records()) == len(papers)
+
+
+def test_a_journal_extension_and_its_conference_paper_point_to_each_other():
+    def paper(paper_id: str, venue: str, year: int, extends: str | None = None) -> Paper:
+        return Paper(id=paper_id, title=f"{paper_id} title", authors=("A B",), year=year, sections=("s",),
+                     description="D.", links=(), method="LD", venue=venue, extends=extends)
+
+    catalog = Catalog(papers=(paper("ld", "CVPR", 2022), paper("ld-tpami", "TPAMI", 2023, "ld")),
+                      sections=(Section("s", "S", 2),))
+    views = {view["id"]: view for view in site.build_site_view(catalog, {})["papers"]}
+    assert views["ld"]["extensions"] == [{"id": "ld-tpami", "name": "LD (TPAMI 2023)"}]
+    assert views["ld"]["extends"] is None
+    assert views["ld-tpami"]["extends"] == {"id": "ld", "name": "LD (CVPR 2022)"}
+    assert views["ld-tpami"]["extensions"] == []
