@@ -39,7 +39,7 @@ from catalog.loader import (
 )
 from catalog.kdimpl_index import scan
 from catalog.model import Catalog
-from catalog.text import title_key
+from catalog.text import title_key, url_host
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 ARXIV_ID = r"(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*(?:\.[A-Z]{2})?/\d{7})"
@@ -424,8 +424,8 @@ def _url_parts(url: str) -> tuple[str | None, str, str]:
     match = _URL_RE.match(url)
     if not match:
         return (_SPACE_MESSAGE if _SPACE_RE.search(url) else "must be an absolute https:// URL"), "", url
-    user, host, _port, rest = match.groups()
-    host = host.lower()
+    user, _host, _port, rest = match.groups()
+    host = url_host(url)
     if _SPACE_RE.search(url):
         message = _SPACE_MESSAGE
     elif not host:
@@ -442,7 +442,7 @@ def _url_key(url: str) -> str:
     match = _URL_RE.match(url)
     if not match:
         return url
-    return _key_from_parts(match.group(2).lower(), match.group(4))
+    return _key_from_parts(url_host(url), match.group(4))
 
 
 def _key_from_parts(host: str, rest: str | None) -> str:

@@ -9,9 +9,16 @@ from catalog.model import Catalog
 from catalog.validate import Result, validate_root
 
 
-def load_for(command: str, root: Path) -> Catalog:
-    """The papers that load; a one-line note on stderr when some do not (``check`` lists them)."""
+def load_for(command: str, root: Path) -> Catalog | None:
+    """The papers that load; a one-line note on stderr when some do not (``check`` lists them).
+
+    None, after saying so, when problems left no paper to work on.
+    """
     result = validate_root(root)
+    if result.problems and not result.catalog.papers:
+        print(f"{command}: {len(result.problems)} problem(s) and no paper could be loaded from papers/ "
+              "(run `python -m catalog check`)", file=sys.stderr)
+        return None
     if result.problems:
         print(f"{command}: {len(result.problems)} problem(s) in papers/ (run `python -m catalog check`); "
               "using the papers that loaded", file=sys.stderr)

@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     urls: dict[str, list[str]] = {}
     if args.files or not args.url:
         catalog = load_for("links", root)
+        if catalog is None:
+            return 1
         papers = list(catalog.papers)
         if args.files:
             papers, missing = links.select_papers(catalog, args.files, root)

@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """1 when a title or author list differs from arXiv's, 2 when arXiv cannot be asked, else 0."""
     root = Path(args.root)
     catalog = load_for("verify", root)
+    if catalog is None:
+        return 1
     cache = None if args.no_cache else JsonCache(Path(args.cache) if args.cache else root / arxiv.DEFAULT_CACHE,
                                                  args.ttl)
     ids = sorted({p.arxiv for p in catalog.papers if p.arxiv})

@@ -226,3 +226,12 @@ def test_generated_files_that_are_fifos_do_not_hang(tmp_path):
     build = run_module("build", "--root", str(root), timeout=30)
     assert build.returncode == 0, build.stderr
     assert (root / "README.md").is_file()  # the FIFO was replaced, never read
+
+
+@pytest.mark.parametrize("command", ["verify", "links"])
+def test_commands_that_need_papers_fail_when_none_loads(tmp_path, capsys, command):
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "_sections.yaml").write_text("[: not yaml\n", encoding="utf-8")
+    (tmp_path / "papers" / "broken.yaml").write_text("title: [unclosed\n", encoding="utf-8")
+    assert cli.main([command, "--root", str(tmp_path)]) == 1
+    assert "no paper could be loaded" in capsys.readouterr().err
