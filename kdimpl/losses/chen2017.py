@@ -48,10 +48,11 @@ def chen2017_hint_loss(student: Tensor, teacher: Tensor, *, norm: str = "l2", re
             :class:`kdimpl.ChannelAdapter` first; the paper finds one helps even when channels match).
         teacher: teacher hint features :math:`Z` of the same shape (detached inside).
         norm: ``'l2'`` (default): squared L2 :math:`(V - Z)^2`; ``'l1'``: :math:`|V - Z|`.
-        reduction: ``'mean'`` (default) divides the sum by the number of elements (the paper does not
-            state a normalisation; this one is scale-free across feature sizes, and it is the element
-            mean of the ``'none'`` output); ``'sum'`` gives the paper's :math:`\lVert V - Z\rVert_2^2`
-            (or :math:`\lVert V - Z\rVert_1`); ``'none'`` returns the element-wise distances.
+        reduction: ``'mean'`` (default) stands for the paper's own normalisation, which the paper does
+            not state: here the sum divided by the number of elements (scale-free across feature sizes;
+            the element mean of the ``'none'`` output); ``'sum'`` gives the paper's
+            :math:`\lVert V - Z\rVert_2^2` (or :math:`\lVert V - Z\rVert_1`); ``'none'`` returns the
+            element-wise distances.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)` (any shape works as long as both match)
@@ -167,9 +168,9 @@ def chen2017_bounded_regression_loss(
     student: Tensor,
     teacher: Tensor,
     target: Tensor,
+    positive_mask: Tensor | None = None,
     *,
     margin: float = 0.0,
-    positive_mask: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Teacher-bounded regression loss (Sec. 3.3): student L2 error, gated by the teacher's error.
@@ -190,10 +191,10 @@ def chen2017_bounded_regression_loss(
         teacher: ``(..., D)`` teacher outputs :math:`R_t` on the same samples, encoded the same way
             (detached inside; the gate receives no gradient).
         target: ``(..., D)`` regression targets :math:`y` (meaningful on positive samples only).
-        margin: :math:`m`; the default 0 (gate on as soon as the student is worse than the teacher)
-            is our choice, not a value read from the paper.
         positive_mask: optional ``(...)`` mask of the positive samples (bool, or 0/1), the ones
             matched to a GT box: regression targets exist only there. The other samples give 0.
+        margin: :math:`m`; the default 0 (gate on as soon as the student is worse than the teacher)
+            is our choice, not a value read from the paper.
         reduction: ``'mean'`` (default) applies the paper's own normalisation, the mean over all
             samples (:math:`\frac{1}{N}\sum_i`, counting those outside ``positive_mask`` as 0, as
             mmdetection's RoI heads average over every sampled RoI), which is the element mean of the

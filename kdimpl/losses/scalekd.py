@@ -9,6 +9,7 @@ one-stage detectors). The exact distance functions are our choices and are docum
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,9 +45,10 @@ def scalekd_feature_loss(
             student's embedding, since the teacher's embedding is a fixed target (a gradient through
             that side as well would let the block collapse both embeddings to a constant).
             :class:`ScaleKDFeatureLoss` builds and owns one when given ``channels``.
-        reduction: ``'mean'`` (default) is the mean over the ``N B C H W`` embedding elements (the
-            paper's normalisation is not known), the element mean of the ``'none'`` output;
-            ``'sum'`` sums; ``'none'`` returns the element-wise squared errors of the embeddings.
+        reduction: ``'mean'`` (default) stands for the paper's own normalisation, which could not be
+            read: here the mean over the ``N B C H W`` embedding elements, the element mean of the
+            ``'none'`` output; ``'sum'`` sums; ``'none'`` returns the element-wise squared errors of
+            the embeddings.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
@@ -77,7 +79,9 @@ def scalekd_feature_loss(
     s = upcast(student)
     t = upcast(teacher.detach())
     if decoupler_student is not None:
-        s, t = decoupler_student(s), decoupler_student(t).detach()
+        with torch.no_grad():  # the teacher's embedding is a fixed target: no graph kept for it
+            t = decoupler_student(t)
+        s = decoupler_student(s)
     return reduce_loss((s - t).square(), reduction).to(student.dtype)
 
 
@@ -112,9 +116,10 @@ def scalekd_assistant_cls_loss(
             after the paper's assistant, which is the target here in place of the teacher.
         temperature: :math:`\tau`.
         activation: ``'softmax'`` or ``'sigmoid'``.
-        reduction: ``'mean'`` (default) is the mean over the :math:`P` predictions (the paper's
-            normalisation is not known), the element mean of the ``'none'`` output; ``'sum'`` sums;
-            ``'none'`` returns the per-prediction KL times :math:`\tau^2` (the shape without the class axis).
+        reduction: ``'mean'`` (default) stands for the paper's own normalisation, which could not be
+            read: here the mean over the :math:`P` predictions, the element mean of the ``'none'``
+            output; ``'sum'`` sums; ``'none'`` returns the per-prediction KL times :math:`\tau^2` (the
+            shape without the class axis).
 
     Shape:
         - student, assistant: :math:`(*, K)`; output: scalar, or :math:`(*)` with ``reduction='none'``
@@ -164,9 +169,10 @@ def scalekd_assistant_box_loss(student: Tensor, assistant: Tensor, *, reduction:
         student: student box regression, coordinates last, e.g. ``(N, P, 4)`` deltas or distances.
         assistant: the cross-scale assistant's regression of the same shape and encoding (detached
             inside); see :func:`scalekd_assistant_cls_loss` for the name.
-        reduction: ``'mean'`` (default) is the mean over the :math:`P` predictions (the paper's
-            normalisation is not known), the element mean of the ``'none'`` output; ``'sum'`` sums;
-            ``'none'`` returns the per-prediction L1 (the shape without the last axis).
+        reduction: ``'mean'`` (default) stands for the paper's own normalisation, which could not be
+            read: here the mean over the :math:`P` predictions, the element mean of the ``'none'``
+            output; ``'sum'`` sums; ``'none'`` returns the per-prediction L1 (the shape without the
+            last axis).
 
     Shape:
         - student, assistant: :math:`(*, D)`; output: scalar, or :math:`(*)` with ``reduction='none'``

@@ -8,9 +8,10 @@ CHANNELS = 8
 
 
 def _feature_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     module_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    decoupler = ScaleDecoupledFeature(CHANNELS).to(device, module_dtype)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        decoupler = ScaleDecoupledFeature(CHANNELS).to(device, module_dtype)
     return feature_pair(generator, device, dtype, batch, CHANNELS, height, width), {"decoupler_student": decoupler}
 
 
