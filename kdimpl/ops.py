@@ -15,7 +15,7 @@ from torch import Tensor
 from ._checks import check_boxes
 from .masks import pad_boxes
 
-__all__ = ["roi_align_padded"]
+__all__ = ["aligned_box_iou", "roi_align_padded"]
 
 
 def _image_hw(image_size: Sequence[int] | Tensor, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,3 +118,41 @@ def roi_align_padded(
     wy = weight[..., 1].reshape(n, 1, m, k, samples, 1, 1)
     pooled = (sampled * wy * wx).sum(dim=(4, 6))  # (N, C, M, k, k)
     return pooled.permute(0, 2, 1, 3, 4)
+
+def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, generalized: bool = False, eps: float = 1e-6) -> Tensor:
+    r"""IoU, or generalized IoU (Rezatofighi et al., CVPR 2019), of aligned pairs of xyxy boxes.
+
+    .. math::
+        \mathrm{IoU} = \frac{|A \cap B|}{\max(|A \cup B|, \epsilon)}, \qquad
+        \mathrm{GIoU} = \mathrm{IoU} - \frac{\max(|C|, \epsilon) - \max(|A \cup B|, \epsilon)}{\max(|C|, \epsilon)}
+
+    with :math:`C` the smallest box enclosing :math:`A` and :math:`B`; the clamps follow mmdetection's
+    ``bbox_overlaps(..., is_aligned=True)``.
+
+    Args:
+        boxes1: ``(..., 4)`` boxes ``x1, y1, x2, y2``.
+        boxes2: boxes of the same shape, paired element by element with ``boxes1``.
+        generalized: return GIoU instead of IoU.
+        eps: :math:`\epsilon`, the smallest union (and enclosing) area.
+
+    Returns:
+        ``(...)`` IoU (in ``[0, 1]``) or GIoU (in ``(-1, 1]``) per pair.
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]])
+        >>> aligned_box_iou(a, b), aligned_box_iou(a, b, generalized=True)
+        (tensor([0.3333]), tensor([0.3333]))
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    inter_wh = (torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(boxes1[..., :2], boxes2[..., :2]))
+    overlap = inter_wh.clamp(min=0).prod(dim=-1)
+    union = (area1 + area2 - overlap).clamp(min=eps)
+    iou = overlap / union
+    if not generalized:
+        return iou
+    enclose_wh = torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2])
+    enclose = enclose_wh.clamp(min=0).prod(dim=-1).clamp(min=eps)
+    return iou - (enclose - union) / enclose
+

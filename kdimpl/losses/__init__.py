@@ -1,6 +1,24 @@
 """One module per paper; each exports its loss functions, their ``nn.Module`` twins and its helpers."""
 
-from . import chen2017, cwd, defeat, drkd, fgd, fgfi, fkd, frs, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd
+from . import (
+    bckd,
+    chen2017,
+    cwd,
+    defeat,
+    drkd,
+    fgd,
+    fgfi,
+    fkd,
+    frs,
+    glamd,
+    mgd,
+    mimic,
+    pgd,
+    pkd,
+    scalekd,
+    structural_kd,
+)
+from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .defeat import *  # noqa: F403
@@ -17,5 +35,8 @@ from .pkd import *  # noqa: F403
 from .scalekd import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 
-_MODULES = (chen2017, cwd, defeat, drkd, fgd, fgfi, fkd, frs, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd)
+_MODULES = (
+    bckd, chen2017, cwd, defeat, drkd, fgd, fgfi, fkd,
+    frs, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd,
+)
 __all__ = [name for module in _MODULES for name in module.__all__]
