@@ -107,8 +107,8 @@ def test_module_twin_takes_the_functions_options_with_the_same_defaults(name):
     for option, param in function.items():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.default is inspect.Parameter.empty:
             continue
-        if re.search(r"_(student|teacher)$", option):
-            continue  # learnable pieces: a twin may build them from channel counts instead
+        if re.search(r"_(student|teacher)$", option) or "Tensor" in _annotation(param):
+            continue  # learnable pieces (a twin may build them) and per-call tensors are not options
         assert option in module, f"{name}: {kdimpl.get_loss(name).__name__} does not take the option {option!r}"
         default = module[option].default
         same = default is param.default or (type(default) is type(param.default) and default == param.default)
