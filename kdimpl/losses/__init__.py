@@ -10,6 +10,7 @@ from . import (
     fgfi,
     fkd,
     frs,
+    gid,
     glamd,
     mgd,
     mimic,
@@ -27,6 +28,7 @@ from .fgd import *  # noqa: F403
 from .fgfi import *  # noqa: F403
 from .fkd import *  # noqa: F403
 from .frs import *  # noqa: F403
+from .gid import *  # noqa: F403
 from .glamd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
@@ -37,6 +39,6 @@ from .structural_kd import *  # noqa: F403
 
 _MODULES = (
     bckd, chen2017, cwd, defeat, drkd, fgd, fgfi, fkd,
-    frs, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd,
+    frs, gid, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
