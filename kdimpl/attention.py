@@ -1,16 +1,13 @@
-"""Spatial and channel attention maps and per-channel standardisation, shared by several losses."""
+"""Spatial and channel attention maps (FKD, FGD, GLAMD), shared by several losses."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._dtypes import upcast
 
-__all__ = ["spatial_attention", "channel_attention", "standardize"]
+__all__ = ["spatial_attention", "channel_attention"]
 
 
 def spatial_attention(features: Tensor, temperature: float = 0.5, *, scale: bool = True) -> Tensor:
@@ -31,8 +28,7 @@ def spatial_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
         image makes that image's map NaN; an empty batch gives an empty map.
     """
     n, _, h, w = features.shape
-    # an L1 norm is one fused reduction; abs().mean() would first write |F| out in full
-    energy = torch.linalg.vector_norm(upcast(features), ord=1, dim=1).reshape(n, h * w) / features.shape[1]
+    energy = upcast(features).abs().mean(dim=1).reshape(n, h * w)
     attention = F.softmax(energy / temperature, dim=1).reshape(n, h, w)
     return attention * (h * w) if scale else attention
 
@@ -53,20 +49,6 @@ def channel_attention(features: Tensor, temperature: float = 0.5, *, scale: bool
         empty batches as in :func:`spatial_attention`.
     """
     c = features.shape[1]
-    energy = torch.linalg.vector_norm(upcast(features), ord=1, dim=(2, 3)) / (features.shape[2] * features.shape[3])
+    energy = upcast(features).abs().mean(dim=(2, 3))
     attention = F.softmax(energy / temperature, dim=1)
     return attention * c if scale else attention
-
-
-def standardize(x: Tensor, dims: Sequence[int], *, unbiased: bool = True, eps: float | None = None) -> Tensor:
-    """Subtract the mean and divide by the standard deviation over ``dims``.
-
-    Half inputs are standardised in float32. ``eps`` (default: the compute dtype's
-    ``finfo.eps`` ** 0.5) keeps constant slices finite: they map to zeros.
-    """
-    x = upcast(x)
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps ** 0.5
-    mean = x.mean(dim=tuple(dims), keepdim=True)
-    std = x.std(dim=tuple(dims), keepdim=True, correction=1 if unbiased else 0)
-    return (x - mean) / (std + eps)

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl.attention import channel_attention, spatial_attention, standardize
+from kdimpl.attention import channel_attention, spatial_attention
 
 
 def naive_softmax(values, temperature):
@@ -89,41 +89,6 @@ def test_half_inputs_are_computed_in_float32(features, half):
     spatial, channel = spatial_attention(x), channel_attention(x)
     assert spatial.dtype == torch.float32 and channel.dtype == torch.float32
     torch.testing.assert_close(spatial, naive_spatial(x.float(), 0.5).float(), rtol=1e-5, atol=1e-5)
-
-
-def naive_standardize(x, dims, unbiased):
-    """Loop over every slice that ``dims`` leave free; Python-float mean and std."""
-    x = x.double()
-    keep = [d for d in range(x.dim()) if d not in dims]
-    moved = x.permute(*keep, *dims)
-    flat = moved.reshape(-1, math.prod(x.shape[d] for d in dims))
-    rows = []
-    for row in flat.tolist():
-        mean = sum(row) / len(row)
-        var = sum((v - mean) ** 2 for v in row) / (len(row) - (1 if unbiased else 0))
-        std = math.sqrt(var)
-        rows.append([(v - mean) / (std + torch.finfo(torch.float64).eps ** 0.5) for v in row])
-    out = torch.tensor(rows, dtype=torch.float64).reshape(moved.shape)
-    inverse = [0] * x.dim()
-    for position, dim in enumerate([*keep, *dims]):
-        inverse[dim] = position
-    return out.permute(*inverse)
-
-
-@pytest.mark.parametrize("dims", [(2, 3), (1,), (0, 2, 3)])
-@pytest.mark.parametrize("unbiased", [True, False])
-def test_standardize_matches_the_loop(features, dims, unbiased):
-    torch.testing.assert_close(
-        standardize(features, dims, unbiased=unbiased), naive_standardize(features, dims, unbiased)
-    )
-
-
-def test_standardize_maps_constant_slices_to_zero():
-    x = torch.randn(2, 3, 4, 5)
-    x[0, 1] = 7.0
-    out = standardize(x, (2, 3))
-    assert torch.isfinite(out).all() and out[0, 1].eq(0).all()
-    assert standardize(x.half(), (2, 3)).dtype == torch.float32
 
 
 def test_nan_reaches_only_its_image():
