@@ -64,19 +64,16 @@ def glamd_local_attention(
     x = upcast(features).abs()
     n, c, h, w = x.shape
     rows, cols = _pair(grid)
-    patches = rows * cols
     index = glamd_patch_index((h, w), (rows, cols), x.device).reshape(h * w)
-    one_hot = F.one_hot(index, patches).to(x.dtype)  # (HW, P)
-    counts = one_hot.sum(dim=0)  # (P,)
+    member = F.one_hot(index, rows * cols).T.bool()  # (P, HW): which cells each patch holds
+    counts = member.sum(dim=1)  # (P,)
 
-    energy = x.mean(dim=1).reshape(n, h * w) / temperature
-    patch_max = energy.new_full((n, patches), float("-inf")).scatter_reduce(
-        1, index.expand(n, -1), energy, reduce="amax", include_self=True
-    )
-    exp = (energy - patch_max[:, index]).exp()
-    spatial = exp / (exp @ one_hot)[:, index] * counts[index]
+    # a softmax per patch: the energy map with the other patches' cells masked out, (N, P, HW)
+    energy = (x.mean(dim=1).reshape(n, 1, h * w) / temperature).masked_fill(~member, float("-inf"))
+    per_patch = F.softmax(energy, dim=-1) * counts[:, None]
+    spatial = per_patch.sum(dim=1)  # each cell lies in exactly one patch
 
-    pooled = x.reshape(n, c, h * w) @ one_hot / counts  # (N, C, P)
+    pooled = x.reshape(n, c, h * w) @ member.T.to(x.dtype) / counts  # (N, C, P): per-patch means
     channel = F.softmax(pooled / temperature, dim=1) * c
     return spatial.reshape(n, h, w), channel[:, :, index].reshape(n, c, h, w)
 
