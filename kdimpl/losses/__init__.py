@@ -16,8 +16,10 @@ from . import (
     mimic,
     pgd,
     pkd,
+    rm_pfi,
     scalekd,
     structural_kd,
+    tadf,
 )
 from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
@@ -34,11 +36,13 @@ from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .pgd import *  # noqa: F403
 from .pkd import *  # noqa: F403
+from .rm_pfi import *  # noqa: F403
 from .scalekd import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
+from .tadf import *  # noqa: F403
 
 _MODULES = (
     bckd, chen2017, cwd, defeat, drkd, fgd, fgfi, fkd,
-    frs, gid, glamd, mgd, mimic, pgd, pkd, scalekd, structural_kd,
+    frs, gid, glamd, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
