@@ -12,6 +12,7 @@ from . import (
     frs,
     gid,
     glamd,
+    ld,
     mgd,
     mimic,
     pgd,
@@ -32,6 +33,7 @@ from .fkd import *  # noqa: F403
 from .frs import *  # noqa: F403
 from .gid import *  # noqa: F403
 from .glamd import *  # noqa: F403
+from .ld import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .pgd import *  # noqa: F403
@@ -43,6 +45,6 @@ from .tadf import *  # noqa: F403
 
 _MODULES = (
     bckd, chen2017, cwd, defeat, drkd, fgd, fgfi, fkd,
-    frs, gid, glamd, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
+    frs, gid, glamd, ld, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
