@@ -14,6 +14,8 @@ from .._base import LossModule
 from .._checks import _tracing, check_options, check_same_shape, check_shape
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..ops import aligned_box_iou
+from .bckd import _reduce as bckd_reduce
 from .bckd import bckd_cls_loss
 
 __all__ = ["crosskd_align_scale", "crosskd_cross_head", "crosskd_region_weights"]
@@ -271,3 +273,102 @@ class CrossKDBoxLoss(LossModule):
 
     def __init__(self, *, temperature: float = 1.0, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, reduction=reduction, loss_weight=loss_weight)
+
+
+def crosskd_box_iou_loss(
+    student_boxes: Tensor,
+    teacher_boxes: Tensor,
+    teacher_logits: Tensor,
+    valid_mask: Tensor | None = None,
+    num_positives: float | Tensor | None = None,
+    *,
+    generalized: bool = True,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""CrossKD's box distillation for heads that regress boxes (RetinaNet, ATSS, FCOS), one FPN level.
+
+    .. math::
+        L_{box} = \frac{1}{N_{pos}} \sum_i \rho_i \big(1 - \mathrm{GIoU}(\hat b^S_i, b^T_i)\big),
+        \qquad \rho_i = \sigma\big(\max_c z^T_{ic}\big)\,[w_i \neq 0]
+
+    over the anchors :math:`i` of the level, with :math:`\hat b^S_i` the box decoded from the cross
+    head's regression and :math:`b^T_i` the teacher's (same anchors, same decoder); with
+    ``generalized=False``, :math:`1 - \max(\mathrm{IoU}, 10^{-6})` (FCOS's IoU loss).
+
+    Args:
+        student_boxes: decoded cross-head boxes ``x1, y1, x2, y2``, ``4 A`` channels for ``A`` anchors
+            per position (anchor-major: channel ``4a + j``).
+        teacher_boxes: the teacher's decoded boxes (detached inside).
+        teacher_logits: the teacher's class logits :math:`z^T`, ``A K`` channels (channel ``K a + c``).
+        valid_mask: :math:`w_i`, ``(N, A, H, W)`` anchor weights (``(N, H, W)`` when ``A = 1``; official:
+            the label weights for RetinaNet and ATSS, none for FCOS); ``None``: all 1.
+        num_positives: :math:`N_{pos}`, the normaliser over all levels (official: the number of positive
+            anchors for RetinaNet and ATSS, the sum of the centerness targets of the positives for
+            FCOS), clamped to at least 1; required with ``reduction='mean'``.
+        generalized: GIoU (RetinaNet and ATSS configurations) or IoU (FCOS configuration).
+        reduction: ``'mean'`` (default) applies the paper's own normalisation: the weighted sum
+            divided by :math:`N_{pos}` (plus ``finfo(float32).eps``); use ``reduction='none'`` and
+            ``.mean()`` for the plain element mean; ``'sum'``: the weighted sum; ``'none'``: the
+            ``(N, A, H, W)`` weighted terms.
+
+    Shape:
+        - student_boxes, teacher_boxes: :math:`(N, 4A, H, W)`; teacher_logits: :math:`(N, AK, H, W)`
+        - output: scalar, or :math:`(N, A, H, W)` with ``reduction='none'``
+
+    Returns:
+        The loss, in the dtype of ``student_boxes``.
+
+    Reference:
+        Jiabao Wang, Yuming Chen, Zhaohui Zheng, Xiang Li, Ming-Ming Cheng, Qibin Hou.
+        "CrossKD: Cross-Head Knowledge Distillation for Object Detection". CVPR 2024. arXiv:2306.11369.
+        Official code: jbwang1997/CrossKD@87e156a (``CrossKDRetinaNet.pred_mimicking_loss_single`` with
+        mmdetection's ``GIoULoss``; ``CrossKDATSS``, ``CrossKDFCOS``); reference numbers only.
+
+    Example:
+        >>> import torch
+        >>> xy = torch.rand(2, 2, 10, 12) * 50
+        >>> boxes = torch.cat([xy, xy + 1 + torch.rand(2, 2, 10, 12) * 30], dim=1)
+        >>> crosskd_box_iou_loss(boxes, boxes.flip(0), torch.randn(2, 80, 10, 12), num_positives=12).shape
+        torch.Size([])
+
+    Notes:
+        Configuration weights: 1.0 (RetinaNet, ATSS; GIoU), 0.75 (FCOS; IoU). The FCOS distiller
+        applies no anchor mask. ATSS's configuration also distils the centerness (binary
+        cross-entropy), which is not part of this function.
+    """
+    check_shape(student_boxes, "student_boxes", "N C H W")
+    check_shape(teacher_boxes, "teacher_boxes", "N C H W")
+    check_same_shape(student_boxes, teacher_boxes, ("student_boxes", "teacher_boxes"))
+    check_shape(teacher_logits, "teacher_logits", "N K H W")
+    n, channels, height, width = student_boxes.shape
+    anchors = channels // 4
+    if not _tracing() and (channels % 4 or teacher_logits.shape[1] % max(anchors, 1)):
+        raise ValueError(f"student_boxes must have 4 A channels and teacher_logits A K channels, got "
+                         f"{channels} and {teacher_logits.shape[1]}")
+    check_same_shape(teacher_logits[:, 0], student_boxes[:, 0], ("teacher_logits", "student_boxes"),
+                     "Class and box outputs of one level have the same (N, H, W).")
+    if valid_mask is not None and valid_mask.dim() == 3:
+        valid_mask = valid_mask[:, None]
+    if valid_mask is not None:
+        check_shape(valid_mask, "valid_mask", f"N {anchors} H W")
+        check_same_shape(valid_mask[:, 0], student_boxes[:, 0], ("valid_mask", "student_boxes' (N, H, W)"))
+    check_options(reduction=reduction)
+    classes = teacher_logits.shape[1] // anchors
+    logits = teacher_logits.reshape(n, anchors, classes, height, width).movedim(2, 1).flatten(2)
+    rho = crosskd_region_weights(logits, None if valid_mask is None else valid_mask.flatten(1))
+    rho = rho.reshape(n, anchors, height, width)
+    s = upcast(student_boxes).reshape(n, anchors, 4, height, width).movedim(2, -1)
+    t = upcast(teacher_boxes.detach()).reshape(n, anchors, 4, height, width).movedim(2, -1)
+    iou = aligned_box_iou(s, t, generalized=generalized)
+    if not generalized:
+        iou = iou.clamp(min=1e-6)
+    terms = rho.to(iou.dtype) * (1 - iou)
+    return bckd_reduce(terms, num_positives, reduction, student_boxes.dtype)
+
+
+@register_loss("crosskd_box_iou", function=crosskd_box_iou_loss)
+class CrossKDBoxIoULoss(LossModule):
+    """Module twin of :func:`crosskd_box_iou_loss`; ``loss_weight`` multiplies the result."""
+
+    def __init__(self, *, generalized: bool = True, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+        super().__init__(generalized=generalized, reduction=reduction, loss_weight=loss_weight)

@@ -16,6 +16,7 @@ from kdimpl import (  # noqa: E402
     MultiLevelLoss,
     bckd_cls_loss,
     crosskd_align_scale,
+    crosskd_box_iou_loss,
     crosskd_box_loss,
     crosskd_cls_loss,
     crosskd_cross_head,
@@ -199,3 +200,63 @@ def test_empty_batch_and_no_valid_anchor_give_zero():
     s = torch.randn(2, 20, 3, 4, requires_grad=True)
     loss = crosskd_box_loss(s, torch.randn(2, 20, 3, 4), torch.randn(2, 3, 3, 4), torch.zeros(2, 3, 4))
     assert loss.item() == 0.0 and torch.isfinite(loss)
+
+
+@pytest.fixture(scope="module")
+def fx_iou():
+    return torch.load(FIXTURES / "official_crosskd_retinanet_giou.pt")
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_box_iou_parity_with_the_official_retinanet_distiller(fx_iou, level):
+    lv, expected = fx_iou["levels"][level], fx_iou["outputs"][level]
+    s = lv["student_boxes"].clone().requires_grad_(True)
+    loss = crosskd_box_iou_loss(s, lv["teacher_boxes"], lv["teacher_logits"], lv["valid_mask"],
+                                fx_iou["num_positives"])
+    torch.testing.assert_close(loss, expected["loss_box"], rtol=1e-12, atol=1e-12)
+    loss.backward()
+    torch.testing.assert_close(s.grad, expected["grad_student_boxes"], rtol=1e-10, atol=1e-14)
+
+
+def test_box_iou_matches_a_per_anchor_loop():
+    g = torch.Generator().manual_seed(4)
+    n, a, k, h, w = 2, 2, 3, 2, 3
+    xy = torch.rand(n, a, 2, h, w, generator=g, dtype=torch.float64) * 10
+    t = torch.cat([xy, xy + 1 + torch.rand(n, a, 2, h, w, generator=g, dtype=torch.float64) * 5], 2)
+    s = t + torch.randn(t.shape, generator=g, dtype=torch.float64)
+    logits = torch.randn(n, a * k, h, w, generator=g, dtype=torch.float64)
+    mask = (torch.rand(n, a, h, w, generator=g) > 0.3).double()
+    for generalized in (True, False):
+        total = 0.0
+        for i in range(n):
+            for j in range(a):
+                for y in range(h):
+                    for x in range(w):
+                        sb, tb = s[i, j, :, y, x].tolist(), t[i, j, :, y, x].tolist()
+                        inter = (max(0.0, min(sb[2], tb[2]) - max(sb[0], tb[0]))
+                                 * max(0.0, min(sb[3], tb[3]) - max(sb[1], tb[1])))
+                        union = (sb[2] - sb[0]) * (sb[3] - sb[1]) + (tb[2] - tb[0]) * (tb[3] - tb[1]) - inter
+                        enclose = (max(sb[2], tb[2]) - min(sb[0], tb[0])) * (max(sb[3], tb[3]) - min(sb[1], tb[1]))
+                        iou = inter / union
+                        score = iou - (enclose - union) / enclose if generalized else max(iou, 1e-6)
+                        rho = 1 / (1 + math.exp(-float(logits[i, j * k:(j + 1) * k, y, x].max())))
+                        total += float(mask[i, j, y, x]) * rho * (1 - score)
+        ours = crosskd_box_iou_loss(s.reshape(n, 4 * a, h, w), t.reshape(n, 4 * a, h, w), logits, mask, 3,
+                                    generalized=generalized)
+        torch.testing.assert_close(ours, torch.tensor(total / (3 + EPS32), dtype=torch.float64))
+
+
+def test_box_iou_levels_and_checks():
+    g = torch.Generator().manual_seed(5)
+    shapes = [(4, 6), (2, 3), (1, 2)]
+    t = [torch.cat([xy, xy + 2], 1) for xy in (torch.rand(2, 2, h, w, generator=g) * 9 for h, w in shapes)]
+    s = [b + torch.rand(b.shape, generator=g) for b in t]
+    z = [torch.randn(2, 5, h, w, generator=g) for h, w in shapes]
+    total = multilevel_loss(crosskd_box_iou_loss, s, t, z, num_positives=4)
+    torch.testing.assert_close(total, sum(crosskd_box_iou_loss(*x, num_positives=4) for x in zip(s, t, z)))
+    with pytest.raises(ValueError, match="4 A channels"):
+        crosskd_box_iou_loss(s[0][:, :3], t[0][:, :3], z[0], num_positives=4)
+    with pytest.raises(ValueError, match="valid_mask"):
+        crosskd_box_iou_loss(s[0], t[0], z[0], torch.ones(2, 2, 4, 6), num_positives=4)
+    with pytest.raises(ValueError, match="num_positives"):
+        crosskd_box_iou_loss(s[0], t[0], z[0])
