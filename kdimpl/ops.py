@@ -15,7 +15,7 @@ from torch import Tensor
 from ._checks import check_boxes
 from .masks import pad_boxes
 
-__all__ = ["aligned_box_iou", "roi_align_padded"]
+__all__ = ["aligned_box_iou", "box_iou", "nms_top_k", "roi_align_padded"]
 
 
 def _image_hw(image_size: Sequence[int] | Tensor, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,6 +119,7 @@ def roi_align_padded(
     pooled = (sampled * wy * wx).sum(dim=(4, 6))  # (N, C, M, k, k)
     return pooled.permute(0, 2, 1, 3, 4)
 
+
 def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, generalized: bool = False, eps: float = 1e-6) -> Tensor:
     r"""IoU, or generalized IoU (Rezatofighi et al., CVPR 2019), of aligned pairs of xyxy boxes.
 
@@ -156,3 +157,73 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, *, generalized: bool = False
     enclose = enclose_wh.clamp(min=0).prod(dim=-1).clamp(min=eps)
     return iou - (enclose - union) / enclose
 
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    r"""Pairwise IoU of two sets of xyxy boxes (``torchvision.ops.box_iou``, batched).
+
+    Args:
+        boxes1: ``(..., P, 4)`` boxes ``x1, y1, x2, y2``.
+        boxes2: ``(..., Q, 4)`` boxes (leading dimensions broadcast with ``boxes1``'s).
+
+    Returns:
+        ``(..., P, Q)`` IoU; 0 for pairs that do not overlap (also when both boxes are empty).
+
+    Example:
+        >>> import torch
+        >>> box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0]]))
+        tensor([[0.3333, 0.0000]])
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lower = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    upper = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    inter = (upper - lower).clamp(min=0).prod(dim=-1)
+    union = area1[..., :, None] + area2[..., None, :] - inter
+    return torch.where(inter > 0, inter / union, torch.zeros_like(inter))
+
+
+def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    r"""The first ``k`` boxes that greedy non-maximum suppression keeps, per image, in descending score.
+
+    Greedy NMS visits boxes by decreasing score and keeps a box unless a kept box overlaps it with
+    IoU above ``iou_threshold``; its first ``k`` survivors are found by ``k`` rounds of "take the best
+    live box, kill the live boxes it overlaps". Each round is one ``argmax`` and one IoU row over the
+    ``Q`` candidates, so the cost is ``O(k Q)`` per image (no ``Q x Q`` IoU matrix), with fixed
+    shapes, no ``.item()`` and no host synchronisation.
+
+    Args:
+        boxes: ``(N, Q, 4)`` xyxy boxes.
+        scores: ``(N, Q)`` scores; ``-inf`` marks a candidate that is not there. NaN scores are not
+            skipped (``argmax`` takes them first), so a diverged input shows in the result.
+        k: how many survivors to return per image.
+        iou_threshold: a box is suppressed by a kept box when their IoU is strictly above this.
+
+    Returns:
+        ``(indices, kept)``: ``(N, k)`` indices into ``Q`` of the survivors in the order NMS keeps
+        them (descending score), and an ``(N, k)`` bool mask that is ``False`` for slots past the
+        last survivor (their indices are meaningless).
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]]])
+        >>> nms_top_k(boxes, torch.tensor([[0.9, 0.8, 0.7]]), 3, 0.5)
+        (tensor([[0, 2, 0]]), tensor([[ True,  True, False]]))
+
+    Notes:
+        Equal scores are taken in index order (torchvision sorts them in an unspecified order).
+    """
+    n, q = scores.shape
+    rows = torch.arange(n, device=scores.device)
+    alive = scores != float("-inf")
+    indices, kept = [], []
+    for _ in range(k):
+        best = scores.masked_fill(~alive, float("-inf")).argmax(dim=1) if q else rows.new_zeros(n)
+        kept.append(alive[rows, best] if q else torch.zeros(n, dtype=torch.bool, device=scores.device))
+        indices.append(best)
+        if q:
+            overlap = box_iou(boxes[rows, best][:, None], boxes)[:, 0] > iou_threshold
+            alive = alive & ~overlap
+            alive[rows, best] = False
+    if k == 0:
+        return rows.new_zeros(n, 0), torch.zeros(n, 0, dtype=torch.bool, device=scores.device)
+    return torch.stack(indices, dim=1), torch.stack(kept, dim=1)
