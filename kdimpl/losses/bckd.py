@@ -105,6 +105,8 @@ def bckd_cls_loss(
     check_same_shape(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
     _check_mask(valid_mask, student_logits)
     check_options(reduction=reduction)
+    if not _tracing() and not (isinstance(beta, (int, float)) and 0 <= beta < float("inf")):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     s = upcast(student_logits)
     p_t = upcast(teacher_logits.detach()).sigmoid()
     terms = F.binary_cross_entropy_with_logits(s, p_t, reduction="none") * (p_t - s.sigmoid()).abs().pow(beta)

@@ -172,6 +172,8 @@ def test_inputs_are_checked():
         bckd_cls_loss(s_cls, t_cls, mask[:, :2], 3)
     with pytest.raises(ValueError, match="teacher_logits"):
         bckd_cls_loss(s_cls, t_cls[:, :2], mask, 3)
+    with pytest.raises(ValueError, match="beta"):
+        bckd_cls_loss(s_cls, t_cls, mask, 3, beta=-1.0)
     with pytest.raises(ValueError, match="4 \\(R \\+ 1\\) channels"):
         bckd_loc_loss(s_box[:, :-1], t_box[:, :-1], s_cls, t_cls, mask, 3)
     with pytest.raises(ValueError, match="student_box_logits"):
