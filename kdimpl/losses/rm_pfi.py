@@ -86,10 +86,10 @@ def rm_loss(
             included as ``-1``).
         gt_labels: per-image ``(M_i,)`` class indices in ``[0, K)`` of the objects, or a padded
             ``(N, M)`` tensor.
-        reduction: ``'mean'`` (default) applies the paper's own normalisation: the sum of the
-            per-object KL divergences divided by :math:`M`, the number of objects with candidates
-            (clamped to >= 1), not the element mean; use ``reduction='none'`` and ``.mean()`` for
-            the mean over the ``(N, M)`` padded objects. ``'sum'`` sums; ``'none'`` returns the
+        reduction: ``'mean'`` (default) applies the paper's own normalisation as implemented here
+            (see Notes): the sum of the per-object KL divergences divided by :math:`M`, the number of
+            objects with candidates (clamped to >= 1), not the element mean; use
+            ``reduction='none'`` and ``.mean()`` for the mean over the ``(N, M)`` padded objects. ``'sum'`` sums; ``'none'`` returns the
             ``(N, M)`` per-object divergences (0 for padding and objects without candidates).
 
     Shape:
@@ -181,8 +181,9 @@ def pfi_loss(
         teacher: teacher features of the same shape (detached inside).
         student_logits: ``(N, A K, H, W)`` the student head's classification logits on this level.
         teacher_logits: the teacher head's logits of the same shape (detached inside).
-        reduction: ``'mean'`` (default) applies the paper's own normalisation: the mean over the
-            :math:`N H W` cells, which is also the element mean of the ``'none'`` output; ``'sum'``
+        reduction: ``'mean'`` (default) applies the paper's own normalisation as implemented here
+            (see Notes): the mean over the :math:`N H W` cells, which is also the element mean of the
+            ``'none'`` output; ``'sum'``
             sums; ``'none'`` returns the ``(N, H, W)`` per-cell terms.
 
     Shape:
