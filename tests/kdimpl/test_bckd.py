@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl import (  # noqa: E402
+from kdimpl import (
     BCKDClsLoss,
     BCKDLocLoss,
     MultiLevelLoss,
@@ -18,7 +18,7 @@ from kdimpl import (  # noqa: E402
     bckd_loc_loss,
     multilevel_loss,
 )
-from kdimpl.ops import aligned_box_iou  # noqa: E402
+from kdimpl.ops import aligned_box_iou
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bckd"
 EPS32 = torch.finfo(torch.float32).eps

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from kdimpl import (  # noqa: E402
+from kdimpl import (
     CrossKDBoxLoss,
     CrossKDClsLoss,
     MultiLevelLoss,
