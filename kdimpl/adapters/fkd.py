@@ -69,7 +69,10 @@ class NonLocalBlock2d(nn.Module):
             phi, g = F.max_pool2d(phi, self.pool), F.max_pool2d(g, self.pool)
         phi, g = phi.flatten(2), g.flatten(2)  # (N, C', K)
         keys = phi.shape[-1]
-        # sum_j theta_i . phi_j g_j = theta_i^T (phi g^T): an (N, C', C') product instead of (N, HW, K).
+        # sum_j theta_i . phi_j g_j = theta_i^T (phi g^T): an (N, C', C') product instead of the (N, HW, K)
+        # affinity (the test's oracle). Benchmark (benchmarks.losses fkd case, CPU, one run): 2.5x faster
+        # fwd+bwd eager, 1.45x compiled, 16% less peak memory than the affinity form; with pool=1 the
+        # affinity would need (H W)^2 entries per image.
         y = ((phi @ g.transpose(1, 2)).transpose(1, 2) @ theta).reshape(n, self.inner, h, w)
         # Divide after the reshape (the same numbers) so the convolution's input is a computed tensor, not
         # a view: inductor (CPU, dynamic shapes, torch 2.13) fails on a view that feeds a convolution and

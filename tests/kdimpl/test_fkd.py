@@ -123,14 +123,23 @@ def naive_non_local(block, x):
     return x + block.norm(block.out(y))
 
 
-def test_non_local_block_equals_the_affinity_form():
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_non_local_block_equals_the_affinity_form_values_and_gradients(scale, pool):
     torch.manual_seed(0)
-    block = NonLocalBlock2d(8, reduction=2, pool=2).double().eval()
+    block = NonLocalBlock2d(8, reduction=2, pool=pool).double().eval()
     with torch.no_grad():
         block.norm.weight.normal_()
         block.norm.bias.normal_()
-    x = torch.randn(2, 8, 7, 11, dtype=torch.float64)  # odd sizes: pooling floors
-    torch.testing.assert_close(block(x), naive_non_local(block, x))
+    x = (scale * torch.randn(2, 8, 7, 11, dtype=torch.float64)).requires_grad_(True)  # odd sizes: pooling floors
+    weight = torch.randn(2, 8, 7, 11, dtype=torch.float64)
+    fast, reference = block(x), naive_non_local(block, x)
+    torch.testing.assert_close(fast, reference)
+    params = [x, *block.parameters()]
+    fast_grads = torch.autograd.grad((fast * weight).sum(), params)
+    reference_grads = torch.autograd.grad((reference * weight).sum(), params)
+    for got, want in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(got, want)
 
 
 def test_masks_are_detached_averages_that_sum_to_hw_and_c():
