@@ -462,9 +462,9 @@ def pgd_reg_loss(
     positive = w != 0
     count = positive.sum()
     dense = reduction == "none" or (torch.compiler.is_compiling() and max_positions is None)
-    # Benchmark (benchmarks.losses pgd_reg, five levels, CPU, two runs): gathering P first is 9.0-11.5x
-    # faster eager fwd+bwd than the dense form (1350 vs 15585 ms, 68% less peak memory) and, compiled
-    # with max_positions=180, 2.0-4.3x faster (1028 vs 4413 ms); compiled without it, the dense form runs.
+    # Benchmark (benchmarks.losses pgd_reg, five levels, CPU, one thread): gathering P first is 22x faster
+    # eager fwd+bwd than the dense form (442 vs 9695 ms, 68% less peak memory) and, compiled with
+    # max_positions=180, 8.2x faster (411 vs 3366 ms); compiled without max_positions, the dense form runs.
     terms = _reg_dense if dense else _reg_gathered
     options = (temperature, fg_weight, attention_weight)
     per_position = terms(student, teacher.detach(), w, positive, max_positions, *options)
