@@ -42,6 +42,5 @@ def _reg_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
 CASES = [
     LossCase("tadf_feature", _feature_inputs),
     LossCase("tadf_cls", _cls_inputs, options={"temperature": 2.0}, uses_boxes=False),
-    # smooth L1 has a kink at |d| = beta: gradcheck stays away from it only by chance
     LossCase("tadf_reg", _reg_inputs, uses_boxes=False),
 ]
