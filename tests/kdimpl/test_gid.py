@@ -155,6 +155,22 @@ def test_relation_matches_the_rkd_distance_hand_case():
     torch.testing.assert_close(loss, torch.tensor(0.027727, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_gram_distances_equal_the_reference(scale):
+    from kdimpl.losses.gid import _pairwise_distances, _pairwise_distances_gram
+
+    g = torch.Generator().manual_seed(0)
+    x = scale * torch.randn(7, 50, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:1] + 1e-3 * scale]).requires_grad_(True)  # a near-duplicate pair
+    weights = torch.rand(8, 8, generator=g, dtype=torch.float64) * (1 - torch.eye(8, dtype=torch.float64))
+    fast, reference = _pairwise_distances_gram(x), _pairwise_distances(x)
+    off = ~torch.eye(8, dtype=torch.bool)
+    torch.testing.assert_close(fast[off], reference[off], rtol=1e-9, atol=1e-9 * scale)
+    grad_fast, = torch.autograd.grad((fast * weights).sum(), x)
+    grad_reference, = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad_fast, grad_reference, rtol=1e-7, atol=1e-9)
+
+
 def test_relation_needs_three_instances():
     s, t = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     boxes = [torch.tensor([[0.0, 0, 30, 30], [20, 20, 60, 60]])]
