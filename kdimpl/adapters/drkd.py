@@ -76,9 +76,7 @@ class GloReUnit(nn.Module):
         hidden = F.relu(self.node_mix(nodes) + nodes)  # node mixing acts on the last (node) axis
         hidden = self.state_mix.weight @ hidden  # state mixing acts on the state axis
         back = (hidden @ proj).reshape(n, 2 * self.num_nodes, h, w)
-        # In place on the normalised tensor (batch norm saves its input, not its output): the same
-        # numbers as ``x + ...`` without a second full-size allocation.
-        return self.norm(self.extend(back)).add_(x)
+        return x + self.norm(self.extend(back))
 
     @staticmethod
     def convert_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -125,6 +123,7 @@ class InstanceRelation(nn.Module):
             ``"random"``: a freshly initialised ``Linear(D, G)`` on every call, as the official code does
             (non-deterministic, untrained); ``"none"``: no filter.
         max_instances: width of the learnable filter, the largest number of boxes per image it accepts.
+        rng: ``torch.Generator`` for the ``"random"`` filter's draws (default: the global one).
 
     Shape:
         - x: :math:`(N, M, D)` padded instance features; valid: :math:`(N, M)` bool mask of real ones.
@@ -145,7 +144,14 @@ class InstanceRelation(nn.Module):
         torch.Size([2, 5, 36])
     """
 
-    def __init__(self, in_features: int, *, relation_filter: str = "learnable", max_instances: int = 100) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        relation_filter: str = "learnable",
+        max_instances: int = 100,
+        rng: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if relation_filter not in RELATION_FILTERS:
             raise ValueError(f"relation_filter must be one of {RELATION_FILTERS}, got {relation_filter!r}")
@@ -153,6 +159,7 @@ class InstanceRelation(nn.Module):
         self.in_features = in_features
         self.relation_filter = relation_filter
         self.max_instances = max_instances
+        self.rng = rng
         self.theta = nn.Linear(in_features, inter)
         self.phi = nn.Linear(in_features, inter)
         self.g = nn.Linear(in_features, inter)
@@ -170,8 +177,9 @@ class InstanceRelation(nn.Module):
             return F.linear(x, self.filter.weight[:m], self.filter.bias[:m])
         # Same distribution as a freshly constructed nn.Linear(D, G): U(-1/sqrt(D), 1/sqrt(D)).
         bound = 1.0 / math.sqrt(self.in_features)
-        weight = (torch.rand(m, self.in_features, device=x.device, dtype=x.dtype) * 2 - 1) * bound
-        bias = (torch.rand(m, device=x.device, dtype=x.dtype) * 2 - 1) * bound
+        draw = dict(generator=self.rng, device=x.device, dtype=x.dtype)
+        weight = (torch.rand(m, self.in_features, **draw) * 2 - 1) * bound
+        bias = (torch.rand(m, **draw) * 2 - 1) * bound
         return F.linear(x, weight, bias)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:

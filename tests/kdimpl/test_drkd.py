@@ -199,6 +199,9 @@ def test_instance_relation_random_filter_is_redrawn_every_call():
     rel = InstanceRelation(8, relation_filter="random")
     x, valid = torch.randn(1, 4, 8), torch.ones(1, 4, dtype=torch.bool)
     assert not torch.allclose(rel(x, valid), rel(x, valid))
+    seeded = [InstanceRelation(8, relation_filter="random", rng=torch.Generator().manual_seed(3)) for _ in range(2)]
+    seeded[1].load_state_dict(seeded[0].state_dict())
+    torch.testing.assert_close(seeded[0](x, valid), seeded[1](x, valid))
 
 
 def test_instance_relation_rejects_bad_arguments():
