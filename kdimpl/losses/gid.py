@@ -168,10 +168,20 @@ def gid_instance_features(
     A box of area :math:`wh` goes to level
     :math:`\lfloor k_0 + \log_2(\sqrt{wh} / 224) \rfloor` (Lin et al., FPN, Eq. 1; ``k_0 = 4``), clamped
     to the levels given; a level's number is :math:`\log_2` of its stride, derived from ``image_size``
-    and the map's size. ``features`` are consecutive levels, finest first.
+    and the map's size.
+
+    Args:
+        features: ``(N, C, H_l, W_l)`` maps of consecutive FPN levels, finest first, or one map.
+        boxes: ``(N, M, 4)`` xyxy boxes in pixels of the input tensor.
+        image_size: ``(height, width)`` of the input tensor, or ``(N, 2)``.
+        output_size: bins per side (official: 10).
+        samples_per_bin: samples per bin and axis (official: 2).
+        canonical_box_size: the box size (``sqrt`` of the area) that maps to ``canonical_level`` (224).
+        canonical_level: the level number (``log2`` of the stride) of a canonical box (4).
 
     Returns:
-        ``(N, M, C, output_size, output_size)`` pooled features.
+        ``(N, M, C, output_size, output_size)`` pooled features; every box is pooled on every level
+        and masked to its own (fixed shapes for ``torch.compile``).
     """
     levels = _levels(features)
     n = levels[0].shape[0]

@@ -315,3 +315,14 @@ def test_response_input_checks():
         gid_response_loss(x, x, d, d, anchors[:5], [torch.zeros(0, 4)])
     with pytest.raises(ValueError, match="one entry per level"):
         gid_response_loss([x, x], [x], [d], [d], [anchors], [torch.zeros(0, 4)])
+
+
+def test_selection_compiles_without_graph_breaks():
+    s, t = torch.randn(2, 50, 3), torch.randn(2, 50, 3)
+    xy = torch.rand(2, 50, 2) * 60
+    boxes = torch.cat([xy, xy + 20], dim=-1)
+    expected = gid_select_instances(s, t, boxes, boxes + 1, (80, 80), top_k=4)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: gid_select_instances(*a, (80, 80), top_k=4), backend="eager", fullgraph=True)
+    for actual, wanted in zip(compiled(s, t, boxes, boxes + 1), expected):
+        torch.testing.assert_close(actual, wanted)
