@@ -313,3 +313,11 @@ def test_twins_owning_the_level_adapters_match_official():
     total.backward()
     for mine, official in zip(students, f["grads_float64"]):
         torch.testing.assert_close(mine.grad.float(), official, rtol=1e-5, atol=1e-8)
+
+
+def test_image_size_tensor_per_image_equals_the_tuple():
+    s, t = torch.randn(2, 3, 16, 20), torch.randn(2, 3, 16, 20)
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]), torch.tensor([[0.0, 20.0, 70.0, 60.0]])]
+    expected = defeat_loss(s, t, boxes, (64, 80))
+    torch.testing.assert_close(defeat_loss(s, t, boxes, torch.tensor([[64, 80], [64, 80]])), expected)
+    torch.testing.assert_close(defeat_loss(s, t, torch.stack([boxes[0], boxes[1]]), (64, 80)), expected)
