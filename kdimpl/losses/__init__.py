@@ -3,6 +3,7 @@
 from . import (
     bckd,
     chen2017,
+    crosskd,
     cwd,
     defeat,
     drkd,
@@ -24,6 +25,7 @@ from . import (
 )
 from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
+from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .defeat import *  # noqa: F403
 from .drkd import *  # noqa: F403
@@ -44,7 +46,7 @@ from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
 
 _MODULES = (
-    bckd, chen2017, cwd, defeat, drkd, fgd, fgfi, fkd,
-    frs, gid, glamd, ld, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
+    bckd, chen2017, crosskd, cwd, defeat, drkd, fgd, fgfi, fkd, frs, gid,
+    glamd, ld, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
