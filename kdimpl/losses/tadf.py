@@ -154,10 +154,38 @@ def tadf_feature_loss(
     s = upcast(student)
     t = upcast(teacher.detach())
     mask = tadf_gaussian_mask(gt_boxes, image_size, (h, w), sigma_ratio=sigma_ratio).to(s)
-    per_cell = (s - t).square().sum(dim=1) * mask  # (N, H, W)
+    # Benchmark (benchmarks.losses tadf_feature, five levels, CPU, one thread, fwd+bwd, one interleaved run of
+    # two rounds): eager 1060/842 ms in place vs 1704/1340 ms plain (1.6x), peak 176 vs 569 MiB; compiled, the
+    # plain form (486/395 ms) is what torch.compile traces.
+    masked_error = _MaskedSquaredError.apply if not torch.compiler.is_compiling() else _masked_squared_error
+    per_cell = masked_error(s, t, mask)  # (N, H, W)
     if reduction == "mean":
         return (per_cell.sum() / (2 * mask.sum().clamp(min=1))).to(student.dtype)
     return reduce_loss(per_cell, reduction).to(student.dtype)
+
+
+def _masked_squared_error(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    """``(N, H, W)`` per-cell ``mask * sum_c (s - t)^2``."""
+    return (s - t).square().sum(dim=1) * mask
+
+
+class _MaskedSquaredError(torch.autograd.Function):
+    """:func:`_masked_squared_error` with its gradient ``2 (s - t) mask`` computed in place from the saved inputs.
+
+    Saves only the inputs (no ``(N, C, H, W)`` difference is kept for backward); first-order gradients
+    only, and only for ``s`` (the teacher and the mask are detached).
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(s, t, mask)
+        diff = s - t
+        return diff.mul_(diff).sum(dim=1).mul_(mask)
+
+    @staticmethod
+    def backward(ctx, grad_cell: Tensor):
+        s, t, mask = ctx.saved_tensors
+        return (s - t).mul_((2 * grad_cell * mask).unsqueeze(1)), None, None
 
 
 def tadf_cls_loss(

@@ -222,3 +222,20 @@ def test_reg_checks_and_edge_cases():
     loss = tadf_reg_loss(empty, torch.zeros(0, 4), *(torch.zeros(0, 4),) * 3)
     loss.backward()
     assert loss.item() == 0.0 and not empty.grad.any()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_fast_masked_error_equals_the_reference(scale):
+    from kdimpl.losses.tadf import _MaskedSquaredError, _masked_squared_error
+
+    g = torch.Generator().manual_seed(6)
+    s = (scale * torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
+    t = scale * torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, 6, 7, generator=g, dtype=torch.float64)
+    weights = torch.randn(2, 6, 7, generator=g, dtype=torch.float64)
+    fast, reference = _MaskedSquaredError.apply(s, t, mask), _masked_squared_error(s, t, mask)
+    torch.testing.assert_close(fast, reference)
+    grad_fast, = torch.autograd.grad((fast * weights).sum(), s)
+    grad_reference, = torch.autograd.grad((reference * weights).sum(), s)
+    torch.testing.assert_close(grad_fast, grad_reference)
+    assert torch.autograd.gradcheck(lambda x: _MaskedSquaredError.apply(x, t, mask), (s,), fast_mode=True)
