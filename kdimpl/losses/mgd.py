@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._base import LossModule
@@ -164,18 +165,15 @@ def mgd_loss(
             f"generator_student returned shape {tuple(generated.shape)} but the teacher has "
             f"{tuple(target.shape)}; it must keep (N, C, H, W) (MGDGenerator(C) does)"
         )
-    loss = (generated - target).square()
-    if reduction == "none":
-        return loss.to(student.dtype)
-    total = loss.sum()
+    loss = F.mse_loss(generated, target, reduction="none" if reduction == "none" else "sum")
     if reduction == "mean":
-        total = total / max(student.shape[0], 1)
-    return total.to(student.dtype)
+        loss = loss / max(student.shape[0], 1)
+    return loss.to(student.dtype)
 
 
 @register_loss("mgd", function=mgd_loss)
 class MGDLoss(LossModule):
-    """Module twin of :func:`mgd_loss`; ``loss_weight`` is the paper's :math:`\\alpha_{mgd}` (2e-5 in the official configs).
+    """Module twin of :func:`mgd_loss`; ``loss_weight`` is the paper's :math:`\\alpha_{mgd}` (official: 2e-5).
 
     Built with ``teacher_channels`` the loss owns its learnable pieces, as the official
     ``FeatureLoss`` does: ``generator_student`` (:class:`kdimpl.MGDGenerator`) and, when

@@ -11,7 +11,7 @@ What :math:`m_i` counts (cells only, or cells x channels) is not settled by the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

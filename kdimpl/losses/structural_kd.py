@@ -92,7 +92,7 @@ def structural_kd_ssim_map(
     check_shape(x, "x", "N C H W")
     check_same_shape(x, y, ("x", "y"))
     x, y = upcast(x), upcast(y)
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     k = _effective_window(window_size, h, w, padding)
     g = _gaussian_window(k, sigma, x.dtype, x.device)
     # Two grouped (depthwise) passes: the maps that carry the student's gradient, and the

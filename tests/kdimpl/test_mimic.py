@@ -65,12 +65,16 @@ def test_proposals_given_once_serve_every_level():
     image_size = (64, 96)
     students = [torch.randn(2, 3, 64 // 2**k, 96 // 2**k) for k in range(2, 5)]  # strides 4, 8, 16
     teachers = [torch.randn_like(x) for x in students]
-    proposals = [torch.tensor([[4.0, 8.0, 40.0, 30.0]]), torch.tensor([[0.0, 0.0, 96.0, 64.0], [50.0, 20.0, 90.0, 60.0]])]
+    proposals = [
+        torch.tensor([[4.0, 8.0, 40.0, 30.0]]),
+        torch.tensor([[0.0, 0.0, 96.0, 64.0], [50.0, 20.0, 90.0, 60.0]]),
+    ]
     expected = sum(mimic_loss(x, t, proposals, image_size=image_size) for x, t in zip(students, teachers))
-    torch.testing.assert_close(multilevel_loss(mimic_loss, students, teachers, proposals=proposals,
-                                               image_size=image_size), expected)
+    actual = multilevel_loss(mimic_loss, students, teachers, proposals=proposals, image_size=image_size)
+    torch.testing.assert_close(actual, expected)
     criterion = MultiLevelLoss(MimicLoss(loss_weight=0.5))
-    torch.testing.assert_close(criterion(students, teachers, proposals=proposals, image_size=image_size), 0.5 * expected)
+    actual = criterion(students, teachers, proposals=proposals, image_size=image_size)
+    torch.testing.assert_close(actual, 0.5 * expected)
     # a whole-image proposal is half the level's MSE at every stride
     whole = [torch.tensor([[0.0, 0.0, 96.0, 64.0]])] * 2
     for x, t in zip(students, teachers):

@@ -109,7 +109,7 @@ def test_rejects_bad_inputs():
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
 def test_fast_form_matches_the_reference_form(scale):
-    from kdimpl.losses.pkd import _StandardizedSquaredError, _standardize
+    from kdimpl.losses.pkd import _standardize, _StandardizedSquaredError
 
     s0 = torch.randn(3, 4, 5, 6, dtype=torch.float64) * scale + torch.arange(4.0, dtype=torch.float64)[:, None, None]
     t = 0.3 * s0 + torch.randn(3, 4, 5, 6, dtype=torch.float64) * scale

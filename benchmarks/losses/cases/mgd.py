@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdimpl import MGDGenerator, mgd_loss, mgd_random_mask, multilevel_loss
+
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdimpl import mimic_loss, multilevel_loss
+
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

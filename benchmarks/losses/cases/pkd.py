@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdimpl import multilevel_loss, pkd_loss
+
 from . import BenchCase, feature_levels
 from .cwd import CHANNELS
 

@@ -1,7 +1,7 @@
 import torch
 
-from kdimpl._dtypes import compute_dtype
 from kdimpl import MGDGenerator
+from kdimpl._dtypes import compute_dtype
 from kdimpl.losses.mgd import mgd_random_mask
 
 from . import LossCase, feature_pair
