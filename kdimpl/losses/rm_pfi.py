@@ -20,6 +20,7 @@ from .._checks import _tracing, check_feature_pair, check_labels, check_options,
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
+from .tadf import _masked_squared_error, _MaskedSquaredError
 
 __all__ = ["rm_concat_levels"]
 
@@ -228,7 +229,11 @@ def pfi_loss(
     t = upcast(teacher.detach())
     with torch.no_grad():
         weight = (torch.sigmoid(upcast(teacher_logits)) - torch.sigmoid(upcast(student_logits))).square().mean(dim=1)
-    per_cell = weight * (t - s).square().mean(dim=1)  # (N, H, W)
+    # P / C times sum_c (t - s)^2, by TADF's masked error. Benchmark (benchmarks.losses pfi, five levels, CPU,
+    # one thread, fwd+bwd, one interleaved run of two rounds): eager 1031/935 ms with its in-place backward vs
+    # 1549/1677 ms plain (1.6x), peak 176 vs 569 MiB; torch.compile traces the plain form.
+    masked_error = _MaskedSquaredError.apply if not torch.compiler.is_compiling() else _masked_squared_error
+    per_cell = masked_error(s, t, weight / s.shape[1])  # (N, H, W)
     return reduce_loss(per_cell, reduction).to(student.dtype)
 
 

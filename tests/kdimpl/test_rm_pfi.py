@@ -185,3 +185,16 @@ def test_pfi_over_levels_and_checks():
     loss = pfi_loss(empty, torch.zeros(0, 4, 8, 12), torch.zeros(0, 6, 8, 12), torch.zeros(0, 6, 8, 12))
     loss.backward()
     assert loss.item() == 0.0 and not empty.grad.any()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_pfi_gradient_equals_the_plain_formula(scale):
+    g = torch.Generator().manual_seed(5)
+    s = (scale * torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
+    t = scale * torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    zs, zt = (torch.randn(2, 4, 5, 7, generator=g, dtype=torch.float64) for _ in range(2))
+    weight = (torch.sigmoid(zt) - torch.sigmoid(zs)).square().mean(dim=1)
+    plain = (weight * (t - s).square().mean(dim=1)).mean()
+    loss = pfi_loss(s, t, zs, zt)
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(torch.autograd.grad(loss, s)[0], torch.autograd.grad(plain, s)[0])
