@@ -114,8 +114,35 @@ def frs_feature_loss(
     _check_logits_match(teacher_logits, teacher)
     check_options(reduction=reduction)
     richness = frs_feature_richness(teacher_logits)
-    error = (upcast(student) - upcast(teacher.detach())).square() * richness[:, None]
+    s, t = upcast(student), upcast(teacher.detach())
+    fast = reduction != "none" and not torch.compiler.is_compiling()
+    # Benchmark (benchmarks.losses frs_feature, eager CPU, one thread): the analytic-gradient sum is 1.8-2.0x
+    # faster fwd+bwd than autograd through the reference form (609 vs 1116 ms) with 62% less peak memory.
+    error = _WeightedSquaredErrorSum.apply(s, t, richness) if fast else _weighted_squared_error(s, t, richness)
     return reduce_loss(error, reduction, avg_factor=richness.sum()).to(student.dtype)
+
+
+def _weighted_squared_error(s: Tensor, t: Tensor, richness: Tensor) -> Tensor:
+    """``S (s - t)^2`` per element, ``S`` broadcast over channels (the reference form)."""
+    return (s - t).square() * richness[:, None]
+
+
+class _WeightedSquaredErrorSum(torch.autograd.Function):
+    """``_weighted_squared_error(s, t, S).sum()`` with its analytic gradient ``2 S (s - t)``.
+
+    Only the inputs are kept for backward (autograd through the reference form keeps ``s - t`` and
+    builds three feature-sized temporaries). First-order gradients only; ``t`` and ``S`` get none.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, richness: Tensor) -> Tensor:
+        ctx.save_for_backward(s, t, richness)
+        return ((s - t).square_() * richness[:, None]).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        s, t, richness = ctx.saved_tensors
+        return (s - t).mul_(richness[:, None] * (2 * grad)), None, None
 
 
 def frs_cls_loss(student_logits: Tensor, teacher_logits: Tensor, *, reduction: str = "mean") -> Tensor:

@@ -135,3 +135,28 @@ def test_empty_batch_gives_a_connected_zero():
         assert loss.item() == 0.0
         (grad,) = torch.autograd.grad(loss, x)
         assert grad.shape == x.shape and not grad.any()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_fast_form_matches_the_reference_form(scale):
+    from kdimpl.losses.frs import _weighted_squared_error, _WeightedSquaredErrorSum
+
+    gen = torch.Generator().manual_seed(7)
+    s0 = torch.randn(2, 5, 4, 6, generator=gen, dtype=torch.float64) * scale
+    t = torch.randn(2, 5, 4, 6, generator=gen, dtype=torch.float64) * scale
+    richness = frs_feature_richness(torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64))
+    upstream = torch.tensor(0.7, dtype=torch.float64)
+    results = []
+    for form in (_weighted_squared_error, _WeightedSquaredErrorSum.apply):
+        s = s0.clone().requires_grad_(True)
+        value = form(s, t, richness).sum()
+        (value * upstream).backward()
+        results.append((value.detach(), s.grad))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12 * scale**2)
+    for reduction in ("mean", "sum"):  # the dispatch: fast in eager, reference when compiled
+        torch._dynamo.reset()
+        function = lambda a, b, c: frs_feature_loss(a, b, c, reduction=reduction)  # noqa: E731, B023
+        compiled = torch.compile(function, backend="eager", fullgraph=True)
+        logits = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(compiled(s0, t, logits), frs_feature_loss(s0, t, logits, reduction=reduction))
+    torch._dynamo.reset()
