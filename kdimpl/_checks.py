@@ -84,7 +84,7 @@ def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str], hint: str = "
 
 
 def check_feature_pair(
-    student: Tensor, teacher: Tensor, dims: str = "N C H W", *, same_spatial: bool = True, ndim: int | None = 4
+    student: Tensor, teacher: Tensor, dims: str = "N C H W", *, same_spatial: bool = True
 ) -> None:
     """Check student/teacher feature maps: declared rank, floating dtype, same shape and device.
 
@@ -92,8 +92,6 @@ def check_feature_pair(
     """
     if _tracing():
         return
-    if ndim is None:
-        dims = "*"
     check_shape(student, "student", dims)
     check_shape(teacher, "teacher", dims)
     compared = slice(None) if same_spatial else slice(0, 2)
@@ -248,10 +246,6 @@ def check_background_index(background_index: int, num_classes: int) -> int:
         raise ValueError(f"background_index {background_index} is out of range for {num_classes} classes")
     return index
 
-
-def check_tensor(x: object, name: str, ndim: int | None = None, dims: str = "") -> None:
-    """Legacy form of :func:`check_shape` (rank only); being replaced file by file."""
-    check_shape(x, name, dims if dims and ndim is not None else ("*" if ndim is None else " ".join(["D"] * ndim)))
 
 
 def check_modules(*, all_or_none: bool = False, **modules: Any) -> None:

@@ -85,9 +85,6 @@ def image_hw(image_size: ImageSize, batch: int, like: Tensor) -> tuple[Tensor, T
     return size[:, :1], size[:, 1:]
 
 
-_image_hw = image_hw  # the former private name, still imported by other modules
-
-
 def scale_boxes_to_feature(boxes: Tensor, image_size: ImageSize, feature_size: Sequence[int]) -> Tensor:
     """Map ``(N, M, 4)`` pixel boxes to continuous feature-map coordinates (cells)."""
     img_h, img_w = image_hw(image_size, boxes.shape[0], boxes)

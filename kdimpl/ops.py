@@ -13,15 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_boxes
-from .masks import pad_boxes
+from .masks import image_hw, pad_boxes
 
 __all__ = ["aligned_box_iou", "box_iou", "nms_top_k", "roi_align_padded"]
-
-
-def _image_hw(image_size: Sequence[int] | Tensor, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image height and width as ``(N, 1)`` tensors."""
-    size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device).reshape(-1, 2).expand(batch, 2)
-    return size[:, :1], size[:, 1:]
 
 
 def padded_boxes(
@@ -84,7 +78,7 @@ def roi_align_padded(
     n, c, height, width = features.shape
     m = boxes.shape[1]
     k = output_size
-    img_h, img_w = _image_hw(image_size, n, boxes)
+    img_h, img_w = image_hw(image_size, n, boxes)
     scale = torch.cat([width / img_w, height / img_h], dim=1)[:, None, :]  # (N, 1, 2) as (x, y)
     start = boxes[..., :2] * scale  # (N, M, 2)
     size = (boxes[..., 2:] * scale - start).clamp(min=1.0)

@@ -242,7 +242,6 @@ def test_empty_batch_gives_empty_masks():
     assert masks.inverse_area_mask([], torch.zeros(0, 2), (5, 7)).shape == (0, 5, 7)
 
 
-def test_image_hw_keeps_the_former_private_name():
-    assert masks._image_hw is masks.image_hw
+def test_image_hw_gives_per_image_columns():
     height, width = masks.image_hw(torch.tensor([[10, 20], [30, 40]]), 2, torch.zeros(1))
     assert height.tolist() == [[10.0], [30.0]] and width.tolist() == [[20.0], [40.0]]
