@@ -70,6 +70,37 @@ def check_shape(x: object, name: str, dims: str, *, floating: bool = True) -> No
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; convert it with .float()")
 
 
+def check_shapes(**tensors: tuple[object, str]) -> None:
+    """Check several tensors against dimension names shared between them.
+
+    ``check_shapes(student=(student, "N C H W"), region_map=(region_map, "N H W"))`` checks each
+    shape as :func:`check_shape` does (floating point, except where a spec ends with ``int``: an
+    integer dtype, or ``any``: any dtype), and that a name means the same size everywhere it appears.
+    Integers fix a size; ``*`` leads any dimensions.
+    """
+    if _tracing():
+        return
+    bound: dict[str, tuple[int, str]] = {}
+    for name, (x, spec) in tensors.items():
+        dims = spec.split()
+        kind = dims.pop() if dims and dims[-1] in ("int", "any") else "float"
+        floating = kind == "float"
+        if kind == "int" and isinstance(x, Tensor) and x.is_floating_point():
+            raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+        check_shape(x, name, " ".join(dims), floating=floating)
+        fixed = dims[1:] if dims and dims[0] == "*" else dims
+        for dim, size in zip(reversed(fixed), reversed(x.shape)):
+            if dim.isdigit():
+                continue
+            if dim in bound and bound[dim][0] != size:
+                first_size, first = bound[dim]
+                raise ValueError(
+                    f"{name} has {dim}={size} but {first} has {dim}={first_size}: expected "
+                    + ", ".join(f"{n} ({s.removesuffix(' int').removesuffix(' any')})" for n, (_, s) in tensors.items())
+                )
+            bound.setdefault(dim, (size, name))
+
+
 def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str], hint: str = "") -> None:
     """Check that two tensors have the same shape and device."""
     if _tracing():

@@ -31,7 +31,15 @@ import torch
 from torch import Tensor
 
 from .._base import LossModule
-from .._checks import _tracing, check_boxes, check_feature_pair, check_image_size, check_options, check_shape
+from .._checks import (
+    _tracing,
+    check_boxes,
+    check_feature_pair,
+    check_image_size,
+    check_options,
+    check_shape,
+    check_shapes,
+)
 from .._dtypes import compute_dtype, upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
@@ -45,10 +53,7 @@ _VLR_AVG_FACTOR = 16.0
 
 def _level_map(x: Tensor, name: str, features: Tensor) -> Tensor:
     """An ``(N, H, W)`` weight map matching ``features``, detached, in their compute dtype."""
-    check_shape(x, name, "N H W", floating=False)
-    if not _tracing() and x.shape != (features.shape[0], *features.shape[2:]):
-        raise ValueError(f"{name} must be (N, H, W) matching the head output {tuple(features.shape)}, "
-                         f"got {tuple(x.shape)}")
+    check_shapes(**{"head output": (features, "N C H W"), name: (x, "N H W any")})
     return x.detach().to(compute_dtype(features))
 
 

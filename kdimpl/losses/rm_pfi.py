@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from .._base import LossModule
-from .._checks import _tracing, check_feature_pair, check_labels, check_options, check_same_shape, check_shape
+from .._checks import (
+    _tracing,
+    check_feature_pair,
+    check_labels,
+    check_options,
+    check_same_shape,
+    check_shape,
+    check_shapes,
+)
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
@@ -123,13 +131,11 @@ def rm_loss(
     check_shape(student_logits, "student_logits", "N P K")
     check_shape(teacher_logits, "teacher_logits", "N P K")
     check_same_shape(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
-    check_shape(assigned_gt, "assigned_gt", "N P", floating=False)
-    if not _tracing() and (assigned_gt.is_floating_point() or assigned_gt.dtype == torch.bool):
-        raise TypeError(f"assigned_gt must be an integer tensor of object indices (-1: none), got {assigned_gt.dtype}")
+    check_shapes(student_logits=(student_logits, "N P K"), assigned_gt=(assigned_gt, "N P int"))
+    if not _tracing() and assigned_gt.dtype == torch.bool:
+        raise TypeError("assigned_gt must be an integer tensor of object indices (-1: none), got torch.bool")
     check_options(reduction=reduction)
     n, p, num_classes = student_logits.shape
-    if not _tracing() and assigned_gt.shape != (n, p):
-        raise ValueError(f"assigned_gt must be (N, P) = ({n}, {p}), one index per anchor, got {tuple(assigned_gt.shape)}")
     labels = _padded_labels(gt_labels, n, student_logits.device)
     check_labels(labels, num_classes, "gt_labels")
     m = labels.shape[1]
@@ -216,14 +222,8 @@ def pfi_loss(
         products over the cells divided by :math:`N H W`, averaging over levels.
     """
     check_feature_pair(student, teacher)
-    check_shape(student_logits, "student_logits", "N D H W")
-    check_shape(teacher_logits, "teacher_logits", "N D H W")
-    check_same_shape(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
-    if not _tracing() and (student_logits.shape[0] != student.shape[0] or student_logits.shape[2:] != student.shape[2:]):
-        raise ValueError(
-            f"student_logits {tuple(student_logits.shape)} must be the head's output on the features "
-            f"{tuple(student.shape)}: same batch size and spatial size"
-        )
+    check_shapes(student=(student, "N C H W"), student_logits=(student_logits, "N D H W"),
+                 teacher_logits=(teacher_logits, "N D H W"))
     check_options(reduction=reduction)
     s = upcast(student)
     t = upcast(teacher.detach())

@@ -171,11 +171,11 @@ def test_input_checks_name_the_argument():
     s, t, m = torch.randn(2, 20, 3, 4), torch.randn(2, 20, 3, 4), torch.rand(2, 3, 4)
     with pytest.raises(ValueError, match="4 \\* \\(reg_max \\+ 1\\) channels"):
         ld_loss(torch.randn(2, 18, 3, 4), torch.randn(2, 18, 3, 4), m)
-    with pytest.raises(ValueError, match="region_map must be \\(N, H, W\\) matching"):
+    with pytest.raises(ValueError, match="region_map has [HW]=.* but head output has"):
         ld_loss(s, t, torch.rand(2, 4, 3))
     with pytest.raises(ValueError, match="vlr_map must have shape"):
         ld_vlr_loss(s, t, torch.rand(2, 1, 3, 4))
-    with pytest.raises(ValueError, match="pos_mask must be"):
+    with pytest.raises(ValueError, match="pos_mask has N=1 but head output has N=2"):
         ld_cls_loss(s, t, torch.ones(1, 3, 4))
     with pytest.raises(TypeError, match="floating-point"):
         ld_loss(s.long(), t, m)
