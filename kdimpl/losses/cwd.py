@@ -66,10 +66,10 @@ def cwd_loss(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, redu
     s = upcast(student).reshape(n, c, h * w)
     t = upcast(teacher.detach()).reshape(n, c, h * w)
     # Benchmark (benchmarks.losses workload, CPU fwd+bwd, forms interleaved in one run): in eager mode
-    # the analytic-gradient form is 1.9x faster than autograd through the reference, with 40% less
-    # peak memory (394 vs 656 MiB). Compiled, the reference is as fast and its peak is the gradients
-    # alone (175 vs 349 MiB): the partitioner recomputes the softmaxes in backward.
-    kl = (_SpatialKL.apply if not torch.compiler.is_compiling() else _spatial_kl_reference)(s, t, temperature)
+    # the analytic-gradient form is 1.9x faster than autograd through the reference (375 vs 710 ms)
+    # with 40% less peak memory (394 vs 656 MiB); compiled, the fused form is 1.4x faster than the
+    # compiled reference (85 vs 120 ms) at the same peak (the gradients, 175 MiB).
+    kl = (_SpatialKLCompiled if torch.compiler.is_compiling() else _SpatialKL).apply(s, t, temperature)
     return reduce_loss(kl * temperature**2, reduction).to(student.dtype)
 
 
@@ -106,6 +106,34 @@ class _SpatialKL(torch.autograd.Function):
         grad = torch.softmax(_scaled(s, temperature), dim=-1)
         grad.sub_(torch.softmax(_scaled(t, temperature), dim=-1)).mul_(grad_kl.unsqueeze(-1) / temperature)
         return grad, None, None
+
+
+class _SpatialKLCompiled(torch.autograd.Function):
+    """:func:`_spatial_kl_reference` in the form used under ``torch.compile``.
+
+    With rows shifted by their maxima, ``KL = sum_i e^T_i (t_i - s_i) / z_t + log z_s - log z_t``
+    (``e = exp``, ``z`` the row sums), which inductor fuses into one kernel that reads each row
+    once and also writes the gradient direction ``softmax(s / T) - softmax(t / T)``, the only
+    tensor saved; backward scales it (in place once compiled). First-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, temperature: float) -> Tensor:
+        s, t = _scaled(s, temperature), _scaled(t, temperature)
+        s = s - s.amax(dim=-1, keepdim=True)  # both shifts cancel in the KL
+        t = t - t.amax(dim=-1, keepdim=True)
+        e_s, e_t = torch.exp(s), torch.exp(t)
+        z_s, z_t = e_s.sum(dim=-1, keepdim=True), e_t.sum(dim=-1, keepdim=True)
+        r_t = z_t.reciprocal()
+        kl = ((e_t * (t - s)).sum(dim=-1, keepdim=True) * r_t + torch.log(z_s) - torch.log(z_t)).squeeze(-1)
+        ctx.save_for_backward(e_s * z_s.reciprocal() - e_t * r_t)
+        ctx.temperature = temperature
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor):
+        (direction,) = ctx.saved_tensors
+        return direction * (grad_kl.unsqueeze(-1) / ctx.temperature), None, None
 
 
 @register_loss("cwd", function=cwd_loss)
