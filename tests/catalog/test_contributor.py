@@ -1,21 +1,19 @@
-"""A contributor's pull request on a copy of the repository: a correct new paper never breaks a test.
+"""A contributor's pull request on a throwaway repository: a correct new paper never breaks a test.
 
-The repository's papers/, templates and kdimpl sources are copied to a temporary directory (whatever
-papers it holds today), a correct new paper file is added and an existing paper gets a second
-section; ``check`` and ``build`` must then pass there, exactly as they do in CI.
+The core fixture's papers (with the real templates) are built into a temporary repository, as main
+would hold them; a correct new paper file is added and an existing paper gets a second section;
+``check`` and ``build`` must then pass there, exactly as they do in CI.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from catalog import cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.catalog.repo import make_repo
 
 DIFFKD = """\
 # yaml-language-server: $schema=../catalog/schema/paper.schema.json
@@ -45,17 +43,9 @@ code:
 
 
 def copy_repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    shutil.copytree(REPO / "papers", root / "papers")
-    shutil.copytree(REPO / "templates", root / "templates")
-    shutil.copytree(REPO / "kdimpl", root / "kdimpl", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("README.md", "papers.bib"):
-        shutil.copy(REPO / name, root / name)
-    # The catalog as it was before DiffKD, whether or not it lists DiffKD today.
-    for path in (root / "papers").glob("[!_]*.yaml"):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if path.stem == "diffkd" or data.get("arxiv") == "2305.15712" or "Knowledge Diffusion" in data["title"]:
-            path.unlink()
+    """The fixture repository with README.md and papers.bib generated, as on main."""
+    root = make_repo(tmp_path)
+    assert cli.main(["build", "--root", str(root)]) == 0
     return root
 
 
