@@ -43,23 +43,31 @@ __all__ = [
 ImageSize = Sequence[int] | Tensor
 
 
-def pad_boxes(gt_boxes: Sequence[Tensor] | Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Stack per-image boxes into one padded tensor.
+def pad_boxes(
+    gt_boxes: Sequence[Tensor] | Tensor,
+    valid: Tensor | None = None,
+    *,
+    batch_size: int | None = None,
+    name: str = "gt_boxes",
+) -> tuple[Tensor, Tensor]:
+    """Check per-image boxes (count, finite, x1 <= x2 and y1 <= y2) and stack them into one padded tensor.
 
     Args:
         gt_boxes: ``N`` tensors of shape ``(M_i, 4)``, or an already padded ``(N, M, 4)`` tensor.
         valid: for a padded tensor, an optional ``(N, M)`` bool mask of real boxes (default: all).
+        batch_size: the number of images the boxes must cover (default: as many as given).
+        name: the argument's name in error messages.
 
     Returns:
         ``(boxes, valid)``: ``(N, M, 4)`` boxes (padding is zeros) and the ``(N, M)`` bool mask,
         with ``M = max(M_i)`` (``M`` may be 0). An empty list (a batch of no images) gives
         float32 ``(0, 0, 4)`` boxes on the CPU.
     """
+    check_boxes(gt_boxes, len(gt_boxes) if batch_size is None else batch_size, name)
     if isinstance(gt_boxes, Tensor):
         if valid is None:
             valid = torch.ones(gt_boxes.shape[:2], dtype=torch.bool, device=gt_boxes.device)
         return gt_boxes, valid
-    check_boxes(gt_boxes, len(gt_boxes))
     if len(gt_boxes) == 0:
         return torch.zeros(0, 0, 4), torch.zeros(0, 0, dtype=torch.bool)
     counts = [b.shape[0] for b in gt_boxes]
@@ -164,7 +172,6 @@ def foreground_mask(
 ) -> Tensor:
     """Binary ``(N, H, W)`` mask of the cells covered by any box (:func:`box_cell_bounds` covering)."""
     boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
     counts = cover_counts(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
     return counts.clamp(max=1)
 
@@ -178,7 +185,6 @@ def inverse_area_mask(
     get large weights (FGD, Eq. 4).
     """
     boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
     bounds = box_cell_bounds(boxes, image_size, feature_size)
     area = (bounds[..., 2] - bounds[..., 0] + 1).clamp(min=1) * (bounds[..., 3] - bounds[..., 1] + 1).clamp(min=1)
     return max_cover(bounds, valid, area.reciprocal(), feature_size)  # empty boxes cover no cell

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_boxes
 from .masks import image_hw, pad_boxes
 
 __all__ = ["aligned_box_iou", "box_iou", "nms_top_k", "roi_align_padded"]
@@ -26,11 +25,7 @@ def padded_boxes(
     ``dtype`` defaults to the boxes' floating dtype (at least float32). An empty batch (``N = 0``,
     an empty list) gives ``(0, 0, 4)`` boxes.
     """
-    check_boxes(gt_boxes, batch_size)
-    if len(gt_boxes) == 0:
-        dtype = dtype or torch.float32
-        return torch.zeros(0, 0, 4, dtype=dtype, device=device), torch.zeros(0, 0, dtype=torch.bool, device=device)
-    boxes, valid = pad_boxes(gt_boxes)
+    boxes, valid = pad_boxes(gt_boxes, batch_size=batch_size)
     dtype = dtype or torch.promote_types(boxes.dtype, torch.float32)
     return boxes.to(device=device or boxes.device, dtype=dtype), valid.to(device or boxes.device)
 

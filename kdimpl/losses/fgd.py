@@ -68,7 +68,6 @@ def fgd_masks(
         to 0 (the official slice wraps around to the far end of the map).
     """
     boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
     boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
     bounds = fgd_cell_bounds(boxes, image_size, feature_size)
     x0, y0, x1, y1 = bounds.unbind(dim=-1)
