@@ -13,15 +13,20 @@ from . import (
     frs,
     gid,
     glamd,
+    head,
+    labelenc,
     ld,
+    maskd,
     mgd,
     mimic,
+    mtpd,
     pgd,
     pkd,
     rm_pfi,
     scalekd,
     structural_kd,
     tadf,
+    vild,
 )
 from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
@@ -35,18 +40,24 @@ from .fkd import *  # noqa: F403
 from .frs import *  # noqa: F403
 from .gid import *  # noqa: F403
 from .glamd import *  # noqa: F403
+from .head import *  # noqa: F403
+from .labelenc import *  # noqa: F403
 from .ld import *  # noqa: F403
+from .maskd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
+from .mtpd import *  # noqa: F403
 from .pgd import *  # noqa: F403
 from .pkd import *  # noqa: F403
 from .rm_pfi import *  # noqa: F403
 from .scalekd import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
+from .vild import *  # noqa: F403
 
 _MODULES = (
     bckd, chen2017, crosskd, cwd, defeat, drkd, fgd, fgfi, fkd, frs, gid,
-    glamd, ld, mgd, mimic, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
+    glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
+    vild,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
