@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import yaml
 
-from catalog.model import CodeLink, Implementation, Link, Paper, Section
+from catalog.model import CodeLink, Implementation, Link, NoImplementation, Paper, Section
 from catalog.text import url_host
 
 PAPERS_DIR = "papers"
@@ -472,8 +472,11 @@ def build_paper(doc: Document) -> Paper:
             for code in data.get("code", ())
         ),
         implementations=tuple(
-            Implementation(name=item["name"], verification=item["verification"])
+            Implementation(name=item["name"], verification=item["verification"], covers=item.get("covers", ""))
             for item in data.get("implementations", ())
+        ),
+        no_implementation=(
+            NoImplementation(**data["no_implementation"]) if "no_implementation" in data else None
         ),
         notes=dict(data.get("notes", {})),
         path=doc.path,

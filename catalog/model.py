@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 #: How each implementation was checked, in the order of the strength of the claim.
 VERIFICATION_LEVELS = ("parity", "paper", "unverified")
 
+#: Why a paper has no implementation in kdimpl (``no_implementation.reason``), with the words the README uses.
+NO_IMPLEMENTATION_REASONS = {
+    "survey": "a survey, with no objective of its own",
+    "no-objective": "it proposes no distillation objective",
+    "unreadable": "neither its text nor its code could be read",
+    "pending": "not implemented yet",
+}
+
 
 @dataclass(frozen=True)
 class Link:
@@ -36,6 +44,15 @@ class Implementation:
 
     name: str  # an object exported by kdimpl, e.g. "FGDLoss"
     verification: str  # one of VERIFICATION_LEVELS
+    covers: str = ""  # for a framework's component: what the object implements and what it leaves out
+
+
+@dataclass(frozen=True)
+class NoImplementation:
+    """Why kdimpl does not implement the paper."""
+
+    reason: str  # a key of NO_IMPLEMENTATION_REASONS
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class Paper:
     extends: str | None = None  # id of the conference paper this journal version extends
     code: tuple[CodeLink, ...] = ()
     implementations: tuple[Implementation, ...] = ()
+    no_implementation: NoImplementation | None = None
     notes: dict[str, str] = field(default_factory=dict)  # section id -> text shown there instead of the description
     path: str = ""  # repository-relative path of the source file, for messages
 

@@ -27,7 +27,7 @@ import jinja2
 
 from catalog import bibtex
 from catalog.kdimpl_index import scan
-from catalog.model import Catalog, Paper, Section
+from catalog.model import NO_IMPLEMENTATION_REASONS, Catalog, Paper, Section
 from catalog.slug import Slugger
 
 README = "README.md"
@@ -133,6 +133,7 @@ class Entry:
     links: list[LinkView] = field(default_factory=list)
     code: list[CodeView] = field(default_factory=list)
     implementations: list[ImplementationGroup] = field(default_factory=list)
+    no_implementation: str = ""  # "No implementation in kdimpl: why." when the paper says why it has none
     extensions: list[Extension] = field(default_factory=list)
 
 
@@ -173,7 +174,26 @@ def statistics(catalog: Catalog) -> dict[str, int]:
         "official_code": sum(any(code.official for code in paper.code) for paper in catalog.papers),
         "kdimpl": len(implemented),
         "parity": sum(all(impl.verification == "parity" for impl in paper.implementations) for paper in implemented),
+        # Papers with no implementation: nothing to implement (surveys, no objective, unreadable) or awaiting one.
+        "nothing_to_implement": sum(
+            not paper.implementations
+            and paper.no_implementation is not None
+            and paper.no_implementation.reason != "pending"
+            for paper in catalog.papers
+        ),
+        "awaiting": sum(
+            not paper.implementations and (paper.no_implementation is None or paper.no_implementation.reason == "pending")
+            for paper in catalog.papers
+        ),
     }
+
+
+def no_implementation_line(paper: Paper) -> str:
+    """The README's line for a paper that says why kdimpl has no implementation of it; "" otherwise."""
+    if paper.implementations or paper.no_implementation is None:
+        return ""
+    why = paper.no_implementation.note or NO_IMPLEMENTATION_REASONS[paper.no_implementation.reason] + "."
+    return "No implementation in kdimpl: " + md(why)
 
 
 def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
@@ -209,6 +229,7 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
         item.links = [LinkView(label(link.label), link.url) for link in paper.links]
         item.code = code_views(paper, paper.code)
         item.implementations = implementation_groups(paper, paper.implementations)
+        item.no_implementation = no_implementation_line(paper)
         item.extensions = [extension(journal, paper) for journal in nested.get(paper.id, ())]
         return item
 
@@ -245,7 +266,8 @@ def build_view(catalog: Catalog, kdimpl_files: dict[str, str]) -> dict:
         grouped: dict[str, dict[str, list[str]]] = {}
         for impl in implementations:
             path = kdimpl_files.get(impl.name, "kdimpl")  # unknown names fail `check`; build still renders
-            grouped.setdefault(impl.verification, {}).setdefault(path, []).append(f"`{impl.name}`")
+            name = f"`{impl.name}` ({md(impl.covers.rstrip('.'))})" if impl.covers else f"`{impl.name}`"
+            grouped.setdefault(impl.verification, {}).setdefault(path, []).append(name)
         groups = []
         for verification, files in grouped.items():
             views = []

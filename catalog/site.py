@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from catalog.kdimpl_index import scan
-from catalog.model import VERIFICATION_LEVELS, Catalog, Paper, Section
+from catalog.model import NO_IMPLEMENTATION_REASONS, VERIFICATION_LEVELS, Catalog, Paper, Section
 from catalog.render import TITLE, VERIFICATION_WORDS, extensions, sort_key, statistics
 
 TEMPLATES = "templates/site"
@@ -70,6 +70,7 @@ def paper_view(paper: Paper, titles: dict[str, str], kdimpl_files: dict[str, str
             "name": impl.name,
             "verification": impl.verification,
             "verification_words": VERIFICATION_WORDS[impl.verification],
+            "covers": impl.covers,
             "source": f"{repository}/blob/main/{path}" if path and repository else None,
             "api": api_base + api_target(impl.name, path) if path else None,
         })
@@ -87,8 +88,15 @@ def paper_view(paper: Paper, titles: dict[str, str], kdimpl_files: dict[str, str
             for code in paper.code if (url := _web_url(code.url))
         ],
         "implementations": implementations,
+        "no_implementation": _no_implementation_words(paper),
         "sections": [{"id": section, "title": titles.get(section, section)} for section in paper.sections],
     }
+
+
+def _no_implementation_words(paper: Paper) -> str:
+    if paper.implementations or paper.no_implementation is None:
+        return ""
+    return paper.no_implementation.note or NO_IMPLEMENTATION_REASONS[paper.no_implementation.reason]
 
 
 def search_record(paper: Paper, ancestors: dict[str, list[str]]) -> dict:

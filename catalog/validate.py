@@ -398,8 +398,23 @@ def paper_problems(doc: Document, known_sections: list[str], kdimpl: _KdimplInde
         problems.extend(text_problems(doc, where, text, sentence=True))
         problems.extend(length_problems(doc, where, text))
 
+    if data.get("implementations") and "no_implementation" in data:
+        problems.append(
+            doc.problem(
+                ("no_implementation",),
+                "the paper lists implementations: remove no_implementation, or the implementations if they are wrong",
+            )
+        )
+    if "note" in data.get("no_implementation", {}):
+        where = ("no_implementation", "note")
+        problems.extend(text_problems(doc, where, data["no_implementation"]["note"], sentence=True))
+        problems.extend(length_problems(doc, where, data["no_implementation"]["note"]))
     names: dict[str, int] = {}
     for index, item in enumerate(data.get("implementations", ())):
+        if "covers" in item:
+            where = ("implementations", index, "covers")
+            problems.extend(text_problems(doc, where, item["covers"], sentence=True))
+            problems.extend(length_problems(doc, where, item["covers"]))
         where = ("implementations", index, "name")
         name = item["name"]
         if name in names:

@@ -32,11 +32,13 @@ PAPER_KEYS = (
     "links",
     "code",
     "implementations",
+    "no_implementation",
     "notes",
 )
 LINK_KEYS = ("kind", "url")
 CODE_KEYS = ("url", "official", "label")
-IMPLEMENTATION_KEYS = ("name", "verification")
+IMPLEMENTATION_KEYS = ("name", "verification", "covers")
+NO_IMPLEMENTATION_KEYS = ("reason", "note")
 SECTION_KEYS = ("id", "title", "intro", "children")
 
 
@@ -90,6 +92,8 @@ def canonical_paper(data: dict) -> dict:
     for key, keys in (("links", LINK_KEYS), ("code", CODE_KEYS), ("implementations", IMPLEMENTATION_KEYS)):
         if key in out:
             out[key] = _ordered_list(out[key], keys, key)
+    if "no_implementation" in out:
+        out["no_implementation"] = _ordered(out["no_implementation"], NO_IMPLEMENTATION_KEYS, "no_implementation")
     if "notes" in out:
         # Notes follow the order of the paper's sections, so reordering the dict changes nothing.
         notes = out["notes"]

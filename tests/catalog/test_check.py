@@ -253,6 +253,24 @@ CASES = {
             "did you mean 'parity'?"
         ],
     ),
+    "implementations and a reason for having none": (
+        BASE + "implementations:\n  - name: ToyLoss\n    verification: parity\nno_implementation:\n  reason: pending\n",
+        [
+            "papers/x.yaml:24: no_implementation: the paper lists implementations: remove no_implementation, "
+            "or the implementations if they are wrong"
+        ],
+    ),
+    "unknown reason for having no implementation": (
+        BASE + "no_implementation:\n  reason: later\n",
+        [
+            "papers/x.yaml:22: no_implementation.reason: must be one of survey, no-objective, unreadable, pending; "
+            "got 'later'"
+        ],
+    ),
+    "reason note that is not a sentence": (
+        BASE + "no_implementation:\n  reason: unreadable\n  note: The PDF is paywalled\n",
+        ["papers/x.yaml:23: no_implementation.note: must end with a period"],
+    ),
     # What `python -m catalog new` leaves for a person to fill in (catalog/arxiv.py).
     "placeholder description": (
         edit("description: A test description.", "description: 'TODO: say in one or two sentences what it distils'"),

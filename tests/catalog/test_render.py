@@ -415,8 +415,48 @@ def test_statistics_line_counts_the_data(tmp_path):
     # alpha (parity) and delta (paper) have kdimpl objects, gamma too (unverified); alpha's code is official
     assert (
         "\n**4 papers**, 1 with official code, 3 with a reference implementation in kdimpl "
-        "(1 of them matching the official code's numbers).\n" in readme
+        "(1 of them matching the official code's numbers), 1 awaiting an implementation.\n" in readme
     )
+
+
+def test_a_paper_says_why_kdimpl_has_no_implementation(tmp_path):
+    root = make_repo(tmp_path)
+    beta = root / "papers" / "beta.yaml"
+    beta.write_text(
+        beta.read_text(encoding="utf-8")
+        + "no_implementation:\n  reason: unreadable\n  note: Neither the PDF nor any code is public (*yet*).\n",
+        encoding="utf-8",
+    )
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "\nNo implementation in kdimpl: Neither the PDF nor any code is public (\\*yet\\*).\n" in readme
+    assert "3 with a reference implementation in kdimpl (1 of them matching the official code's numbers), " \
+        "1 with nothing to implement (surveys, papers without a distillation objective or whose text and code " \
+        "cannot be read).\n" in readme
+    # without a note, the reason's own words; a pending paper is counted as awaiting one
+    beta.write_text(beta.read_text(encoding="utf-8").split("no_implementation:")[0]
+                    + "no_implementation:\n  reason: pending\n", encoding="utf-8")
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "\nNo implementation in kdimpl: not implemented yet.\n" in readme
+    assert ", 1 awaiting an implementation.\n" in readme
+
+
+def test_an_implementation_says_what_it_covers(tmp_path):
+    root = make_repo(tmp_path)
+    alpha = root / "papers" / "alpha.yaml"
+    text = alpha.read_text(encoding="utf-8")
+    assert "  - name: ToyLoss\n    verification: parity\n" in text
+    alpha.write_text(
+        text.replace(
+            "  - name: ToyLoss\n    verification: parity\n",
+            "  - name: ToyLoss\n    verification: parity\n    covers: The object-level term only, not the *pyramid*.\n",
+        ),
+        encoding="utf-8",
+    )
+    assert build(root) == 0
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "`ToyLoss` (The object-level term only, not the \\*pyramid\\*) in " in readme
 
 
 ALPHA_JOURNAL = """\
@@ -495,7 +535,8 @@ Listed with its links under *Foreground Masks*.
     # both papers are counted, and both are in papers.bib
     assert (
         "\n**5 papers** (1 journal extension among them, listed with its conference paper), 2 with official code, "
-        "4 with a reference implementation in kdimpl (1 of them matching the official code's numbers).\n" in readme
+        "4 with a reference implementation in kdimpl (1 of them matching the official code's numbers), "
+        "1 awaiting an implementation.\n" in readme
     )
     bib = (root / "papers.bib").read_text(encoding="utf-8")
     titles = re.findall(r"^@(\w+)\{.*?^  title\s*= \{(.*?)\},$", bib, re.M | re.S)

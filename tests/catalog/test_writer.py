@@ -27,7 +27,9 @@ def _paper(**overrides):
         "authors": ["Zhendong Yang", "Zhe Li", "Jürgen Müller"],
         "title": "Focal and Global Knowledge Distillation for Detectors",
         "method": "FGD",
-        "implementations": [{"verification": "parity", "name": "FGDLoss"}],
+        "implementations": [{"covers": "The feature loss only.", "verification": "parity", "name": "FGDLoss"}],
+        # the writer orders keys; whether both may appear together is validation's business
+        "no_implementation": {"note": "A note.", "reason": "pending"},
     }
     data.update(overrides)
     return data
@@ -53,7 +55,8 @@ def test_nested_keys_in_canonical_order():
     loaded = yaml.safe_load(paper_to_yaml(_paper()))
     assert [list(link) for link in loaded["links"]] == [["kind", "url"], ["kind", "url"]]
     assert list(loaded["code"][0]) == ["url", "official", "label"]
-    assert list(loaded["implementations"][0]) == ["name", "verification"]
+    assert list(loaded["implementations"][0]) == ["name", "verification", "covers"]
+    assert list(loaded["no_implementation"]) == ["reason", "note"]
 
 
 def test_same_input_gives_same_bytes_whatever_the_dict_order():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from catalog import site
-from catalog.model import Catalog, CodeLink, Implementation, Link, Paper, Section
+from catalog.model import Catalog, CodeLink, Implementation, Link, NoImplementation, Paper, Section
 from tests.catalog.repo import REPO, run_module
 from tests.site.sitebuild import FIXTURE_IDS, build_site, make_site_repo, require_minisearch
 
@@ -182,3 +182,23 @@ def test_a_journal_extension_and_its_conference_paper_point_to_each_other():
     assert views["ld"]["extends"] is None
     assert views["ld-tpami"]["extends"] == {"id": "ld", "name": "LD (CVPR 2022)"}
     assert views["ld-tpami"]["extensions"] == []
+
+
+def test_the_page_says_what_an_implementation_covers_and_why_a_paper_has_none():
+    paper = Paper(
+        id="x", title="T", authors=("A",), year=2023, sections=("general",), description="D.", links=(),
+        implementations=(Implementation("ToyLoss", "paper", covers="The object-level term only."),),
+    )
+    view = site.paper_view(paper, {}, {"ToyLoss": "kdimpl/losses/toy.py"}, "api/", "")
+    assert view["implementations"][0]["covers"] == "The object-level term only."
+    assert view["no_implementation"] == ""
+    survey = Paper(
+        id="s", title="S", authors=("A",), year=2023, sections=("general",), description="D.", links=(),
+        no_implementation=NoImplementation("survey"),
+    )
+    assert site.paper_view(survey, {}, {}, "api/", "")["no_implementation"] == "a survey, with no objective of its own"
+    noted = Paper(
+        id="n", title="N", authors=("A",), year=2023, sections=("general",), description="D.", links=(),
+        no_implementation=NoImplementation("unreadable", "Only a poster is public."),
+    )
+    assert site.paper_view(noted, {}, {}, "api/", "")["no_implementation"] == "Only a poster is public."
