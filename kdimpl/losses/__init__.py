@@ -6,6 +6,7 @@ from . import (
     crosskd,
     cwd,
     defeat,
+    detrdistill,
     drkd,
     fgd,
     fgfi,
@@ -33,6 +34,7 @@ from .chen2017 import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .defeat import *  # noqa: F403
+from .detrdistill import *  # noqa: F403
 from .drkd import *  # noqa: F403
 from .fgd import *  # noqa: F403
 from .fgfi import *  # noqa: F403
@@ -56,7 +58,7 @@ from .tadf import *  # noqa: F403
 from .vild import *  # noqa: F403
 
 _MODULES = (
-    bckd, chen2017, crosskd, cwd, defeat, drkd, fgd, fgfi, fkd, frs, gid,
+    bckd, chen2017, crosskd, cwd, defeat, detrdistill, drkd, fgd, fgfi, fkd, frs, gid,
     glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
     vild,
 )
