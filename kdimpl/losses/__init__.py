@@ -1,12 +1,14 @@
 """One module per paper; each exports its loss functions, their ``nn.Module`` twins and its helpers."""
 
 from . import (
+    baron,
     bckd,
     chen2017,
     crosskd,
     cwd,
     defeat,
     detrdistill,
+    dfine,
     drkd,
     fgd,
     fgfi,
@@ -29,12 +31,14 @@ from . import (
     tadf,
     vild,
 )
+from .baron import *  # noqa: F403
 from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .defeat import *  # noqa: F403
 from .detrdistill import *  # noqa: F403
+from .dfine import *  # noqa: F403
 from .drkd import *  # noqa: F403
 from .fgd import *  # noqa: F403
 from .fgfi import *  # noqa: F403
@@ -58,7 +62,7 @@ from .tadf import *  # noqa: F403
 from .vild import *  # noqa: F403
 
 _MODULES = (
-    bckd, chen2017, crosskd, cwd, defeat, detrdistill, drkd, fgd, fgfi, fkd, frs, gid,
+    baron, bckd, chen2017, crosskd, cwd, defeat, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gid,
     glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
     vild,
 )

@@ -1,0 +1,23 @@
+import torch
+
+from . import LossCase, random_boxes
+
+_BINS = 5  # reg_max + 1
+_CLASSES = 4
+_IMAGE = (64, 96)
+
+
+def _ddf_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
+    queries = 2 * height
+    student = 2 * torch.randn(batch, queries, 4 * _BINS, generator=generator)
+    teacher = 0.5 * student + 2 * torch.randn(batch, queries, 4 * _BINS, generator=generator)
+    logits = torch.randn(batch, queries, _CLASSES, generator=generator)
+    boxes = torch.stack([random_boxes(generator, queries, _IMAGE, "cpu") for _ in range(batch)]) if batch else torch.zeros(0, queries, 4)
+    gt = [random_boxes(generator, num_boxes, _IMAGE, device, dtype) for _ in range(batch)]
+    matched = torch.full((batch, queries), -1, dtype=torch.long)
+    matched[:, : min(num_boxes, queries)] = torch.arange(min(num_boxes, queries))
+    args = (student, teacher, boxes, logits)
+    return (*(a.to(device, dtype) for a in args), matched.to(device)), {"gt_boxes": gt}
+
+
+CASES = [LossCase("dfine_ddf", _ddf_inputs, options={"temperature": 5.0})]
