@@ -30,6 +30,7 @@ from . import (
     structural_kd,
     tadf,
     vild,
+    yolov6,
 )
 from .baron import *  # noqa: F403
 from .bckd import *  # noqa: F403
@@ -60,10 +61,11 @@ from .scalekd import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
 from .vild import *  # noqa: F403
+from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, crosskd, cwd, defeat, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gid,
     glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
-    vild,
+    vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
