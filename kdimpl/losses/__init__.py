@@ -7,6 +7,7 @@ from . import (
     crosskd,
     cwd,
     defeat,
+    detkds,
     detrdistill,
     dfine,
     drkd,
@@ -38,6 +39,7 @@ from .chen2017 import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .defeat import *  # noqa: F403
+from .detkds import *  # noqa: F403
 from .detrdistill import *  # noqa: F403
 from .dfine import *  # noqa: F403
 from .drkd import *  # noqa: F403
@@ -64,7 +66,7 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, defeat, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gid,
+    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gid,
     glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
     vild, yolov6,
 )
