@@ -7,6 +7,9 @@ from .fgd import FGDGlobalContext
 from .fgfi import FGFIAdapter
 from .fkd import FKDStudentAdapter, NonLocalBlock2d
 from .frs import FRSAdapter
+from .gdetkd import GDetKDLevelAttention
+from .labelenc import LabelEncAdapter
+from .maskd import MasKDTokens
 from .mgd import MGDGenerator
 from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
 
@@ -17,8 +20,11 @@ __all__ = [
     "FGFIAdapter",
     "FKDStudentAdapter",
     "FRSAdapter",
+    "GDetKDLevelAttention",
     "GloReUnit",
     "InstanceRelation",
+    "LabelEncAdapter",
+    "MasKDTokens",
     "MGDGenerator",
     "MultiScaleCrossAttention",
     "NonLocalBlock2d",

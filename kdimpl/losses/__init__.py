@@ -15,6 +15,7 @@ from . import (
     fgfi,
     fkd,
     frs,
+    gdetkd,
     gid,
     glamd,
     head,
@@ -24,6 +25,7 @@ from . import (
     mgd,
     mimic,
     mtpd,
+    oadp,
     pgd,
     pkd,
     rm_pfi,
@@ -47,6 +49,7 @@ from .fgd import *  # noqa: F403
 from .fgfi import *  # noqa: F403
 from .fkd import *  # noqa: F403
 from .frs import *  # noqa: F403
+from .gdetkd import *  # noqa: F403
 from .gid import *  # noqa: F403
 from .glamd import *  # noqa: F403
 from .head import *  # noqa: F403
@@ -56,6 +59,7 @@ from .maskd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .mtpd import *  # noqa: F403
+from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
 from .pkd import *  # noqa: F403
 from .rm_pfi import *  # noqa: F403
@@ -66,8 +70,8 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gid,
-    glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
+    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gdetkd, gid,
+    glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
     vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
