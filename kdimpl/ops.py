@@ -14,7 +14,15 @@ from torch import Tensor
 
 from .masks import image_hw, pad_boxes
 
-__all__ = ["aligned_box_iou", "box_iou", "nms_top_k", "roi_align_padded"]
+__all__ = [
+    "aligned_box_iou",
+    "box_cxcywh_to_xyxy",
+    "box_iou",
+    "detr_match_cost",
+    "hungarian_match",
+    "nms_top_k",
+    "roi_align_padded",
+]
 
 
 def padded_boxes(
@@ -216,3 +224,122 @@ def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float) -> tu
     if k == 0:
         return rows.new_zeros(n, 0), torch.zeros(n, 0, dtype=torch.bool, device=scores.device)
     return torch.stack(indices, dim=1), torch.stack(kept, dim=1)
+
+
+def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` boxes ``cx, cy, w, h`` (DETR's normalised form) to ``x1, y1, x2, y2`` in the same units."""
+    center, size = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([center - 0.5 * size, center + 0.5 * size], dim=-1)
+
+
+def detr_match_cost(
+    logits: Tensor,
+    boxes: Tensor,
+    target_probs: Tensor,
+    target_boxes: Tensor,
+    *,
+    class_cost: str = "bce",
+    class_weight: float = 1.0,
+    l1_weight: float = 5.0,
+    giou_weight: float = 2.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> Tensor:
+    r"""DETR's matching cost between predictions and (soft) targets, per image.
+
+    .. math::
+        C_{pm} = \lambda_{cls} C^{cls}_{pm} + \lambda_{L1} \lVert b_p - \hat b_m \rVert_1
+            - \lambda_{GIoU} \mathrm{GIoU}(b_p, \hat b_m)
+
+    with, for sigmoid class logits :math:`z_p` and a target class vector :math:`q_m \in [0, 1]^K`,
+    ``class_cost='bce'``: :math:`C^{cls}_{pm} = \sum_c q_{mc}\,\mathrm{BCE}(z_{pc}, 1) +
+    (1 - q_{mc})\,\mathrm{BCE}(z_{pc}, 0)` (DETRDistill's soft cost), or ``'focal'``:
+    :math:`C^{cls}_{pm} = \sum_c q_{mc} (\mathrm{pos}_{pc} - \mathrm{neg}_{pc})` with
+    :math:`\mathrm{pos} = -\alpha (1 - p)^\gamma \log(p + 10^{-12})`,
+    :math:`\mathrm{neg} = -(1 - \alpha) p^\gamma \log(1 - p + 10^{-12})`, :math:`p = \sigma(z)`
+    (Deformable DETR's focal cost; a one-hot :math:`q_m` picks the ground-truth class).
+
+    Args:
+        logits: ``(N, P, K)`` sigmoid class logits of the predictions.
+        boxes: ``(N, P, 4)`` predicted boxes ``cx, cy, w, h`` normalised by the image size.
+        target_probs: ``(N, M, K)`` target class vectors (one-hot labels or soft probabilities).
+        target_boxes: ``(N, M, 4)`` target boxes, same format as ``boxes``.
+        class_cost: ``'bce'`` or ``'focal'``.
+        class_weight: :math:`\lambda_{cls}`.
+        l1_weight: :math:`\lambda_{L1}` (L1 distance of the normalised ``cx, cy, w, h``).
+        giou_weight: :math:`\lambda_{GIoU}`.
+        focal_alpha: :math:`\alpha` of the focal cost.
+        focal_gamma: :math:`\gamma` of the focal cost.
+
+    Returns:
+        ``(N, P, M)`` cost in float32 or wider, without gradient.
+
+    Example:
+        >>> import torch
+        >>> detr_match_cost(torch.randn(2, 5, 3), torch.rand(2, 5, 4), torch.rand(2, 4, 3), torch.rand(2, 4, 4)).shape
+        torch.Size([2, 5, 4])
+    """
+    with torch.no_grad():
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        z, q = logits.to(dtype), target_probs.to(dtype)
+        if class_cost == "bce":
+            pos = F.binary_cross_entropy_with_logits(z, torch.ones_like(z), reduction="none")
+            neg = F.binary_cross_entropy_with_logits(z, torch.zeros_like(z), reduction="none")
+            cls = pos @ q.transpose(1, 2) + neg @ (1 - q).transpose(1, 2)
+        elif class_cost == "focal":
+            p = z.sigmoid()
+            pos = -(p + 1e-12).log() * focal_alpha * (1 - p).pow(focal_gamma)
+            neg = -(1 - p + 1e-12).log() * (1 - focal_alpha) * p.pow(focal_gamma)
+            cls = (pos - neg) @ q.transpose(1, 2)
+        else:
+            raise ValueError(f"class_cost must be 'bce' or 'focal', got {class_cost!r}")
+        b, t = boxes.to(dtype), target_boxes.to(dtype)
+        l1 = (b[:, :, None, :] - t[:, None, :, :]).abs().sum(dim=-1)
+        giou = aligned_box_iou(box_cxcywh_to_xyxy(b)[:, :, None], box_cxcywh_to_xyxy(t)[:, None], generalized=True)
+        return class_weight * cls + l1_weight * l1 - giou_weight * giou
+
+
+@torch.library.custom_op("kdimpl::hungarian_match", mutates_args=())
+def _hungarian_match(cost: Tensor, valid_mask: Tensor) -> Tensor:
+    from scipy.optimize import linear_sum_assignment
+
+    matched = torch.full(cost.shape[:-1], -1, dtype=torch.long)
+    # NaN or inf costs (a diverged input) would make SciPy refuse the matrix; the loss shows the NaN instead.
+    costs = torch.nan_to_num(cost.detach().to("cpu", torch.float64), nan=1e30, posinf=1e30, neginf=-1e30)
+    valid = valid_mask.to("cpu")
+    for i in range(costs.shape[0]):
+        columns = valid[i].nonzero()[:, 0]
+        rows, picked = linear_sum_assignment(costs[i][:, columns].numpy())
+        matched[i, torch.from_numpy(rows).long()] = columns[torch.from_numpy(picked).long()]
+    return matched.to(cost.device)
+
+
+@_hungarian_match.register_fake
+def _(cost: Tensor, valid_mask: Tensor) -> Tensor:
+    return cost.new_empty(cost.shape[:-1], dtype=torch.long)
+
+
+def hungarian_match(cost: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+    r"""Minimum-cost one-to-one matching of rows to columns, per image (Kuhn-Munkres).
+
+    Solved by ``scipy.optimize.linear_sum_assignment`` on the host, one image at a time; wrapped
+    as a custom operator, so ``torch.compile(fullgraph=True)`` sees one opaque call. Non-finite
+    costs are replaced by :math:`\pm 10^{30}` before solving.
+
+    Args:
+        cost: ``(N, P, M)`` cost of assigning row (prediction) ``p`` to column (target) ``m``.
+        valid_mask: ``(N, M)`` bool, ``False`` for padding columns that take no part; ``None``:
+            every column is real.
+
+    Returns:
+        ``(N, P)`` long: the column matched to each row, ``-1`` for rows left unmatched (when
+        ``P`` exceeds the number of real columns).
+
+    Example:
+        >>> import torch
+        >>> hungarian_match(torch.tensor([[[0.0, 1.0], [0.0, 5.0], [3.0, 3.0]]]))
+        tensor([[ 1,  0, -1]])
+    """
+    if valid_mask is None:
+        valid_mask = torch.ones(cost.shape[0], cost.shape[-1], dtype=torch.bool, device=cost.device)
+    return _hungarian_match(cost, valid_mask.to(torch.bool))
