@@ -36,7 +36,7 @@ gives a zero that stays in the autograd graph. :func:`set_value_checks` turns of
 read tensor values (they synchronise CUDA streams) once a pipeline is known to be correct.
 """
 
-from . import attention, masks
+from . import attention, distributed, masks
 from ._checks import set_value_checks, value_checks_enabled
 from ._registry import build_loss, get_loss, get_loss_function, list_losses, register_loss
 from .adapters import *  # noqa: F403

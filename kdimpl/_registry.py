@@ -23,6 +23,7 @@ class LossEntry:
     name: str
     module: type[nn.Module]
     function: Callable[..., Any]
+    distributed: str = "exact"  # how DDP's gradients relate to one process on the union batch (kdimpl.distributed)
 
     @property
     def source(self) -> str:
@@ -37,13 +38,19 @@ def _qualified(obj: type) -> str:
     return f"{obj.__module__.rpartition('.')[2]}.{obj.__qualname__}"
 
 
-def register_loss(name: str, *, function: Callable[..., Any]):
+def register_loss(name: str, *, function: Callable[..., Any], distributed: str = "exact"):
     """Class decorator that registers an ``nn.Module`` loss and its functional twin under ``name``.
 
     It also sets the class's ``function`` (used by :class:`kdimpl._base.LossModule`), gives its
     ``forward`` the tensor arguments of ``function`` as signature, and appends both names to
     the defining module's ``__all__`` (as timm's ``register_model`` does), so exports are listed once.
+    ``distributed`` declares how gradients under ``DistributedDataParallel`` relate to one process
+    on the union batch (one of :data:`kdimpl.distributed.BEHAVIOURS`).
     """
+    from .distributed import BEHAVIOURS
+
+    if distributed not in BEHAVIOURS:
+        raise ValueError(f"distributed must be one of {', '.join(BEHAVIOURS)}; got {distributed!r}")
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         existing = _REGISTRY.get(name)
@@ -66,7 +73,7 @@ def register_loss(name: str, *, function: Callable[..., Any]):
         for exported in (function.__name__, cls.__name__):
             if exported not in exports:
                 exports.append(exported)
-        _REGISTRY[name] = LossEntry(name, cls, function)
+        _REGISTRY[name] = LossEntry(name, cls, function, distributed)
         return cls
 
     return decorator

@@ -99,6 +99,10 @@ def bckd_cls_loss(
         The official configuration weights this term by 1.0. The official head computes it only
         on levels with at least one positive anchor (a level without positives contributes 0);
         reproduce that with ``level_weights=[float(n_l > 0) for n_l in positives_per_level]``.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_shape(student_logits, "student_logits", "N K H W")
     check_shape(teacher_logits, "teacher_logits", "N K H W")
@@ -117,7 +121,7 @@ def bckd_cls_loss(
     return _reduce(terms, num_positives, reduction, student_logits.dtype)
 
 
-@register_loss("bckd_cls", function=bckd_cls_loss)
+@register_loss("bckd_cls", function=bckd_cls_loss, distributed="sum")
 class BCKDClsLoss(LossModule):
     """Module twin of :func:`bckd_cls_loss`; ``loss_weight`` multiplies the result (official 1.0)."""
 
@@ -208,6 +212,10 @@ def bckd_loc_loss(
         The paper calls the term IoU-based; the released configuration (followed here) uses
         GIoU (mmdetection's, union and enclosing area clamped to at least 1e-6) with loss weight
         4.0. As for :func:`bckd_cls_loss`, the official head skips levels without positives.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_shape(student_box_logits, "student_box_logits", "N C H W")
     check_shape(teacher_box_logits, "teacher_box_logits", "N C H W")
@@ -231,7 +239,7 @@ def bckd_loc_loss(
     return _reduce(weight.to(giou.dtype) * (1 - giou), num_positives, reduction, student_box_logits.dtype)
 
 
-@register_loss("bckd_loc", function=bckd_loc_loss)
+@register_loss("bckd_loc", function=bckd_loc_loss, distributed="sum")
 class BCKDLocLoss(LossModule):
     """Module twin of :func:`bckd_loc_loss`; ``loss_weight`` multiplies the result (official 4.0)."""
 

@@ -14,6 +14,7 @@ from .._base import LossModule
 from .._checks import _tracing, check_options, check_same_shape, check_shape
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..distributed import reduce_normaliser
 from ..ops import aligned_box_iou
 from .bckd import _reduce as bckd_reduce
 from .bckd import bckd_cls_loss
@@ -160,11 +161,15 @@ def crosskd_cls_loss(
     Notes:
         The same function as :func:`kdimpl.bckd_cls_loss` applied to the cross-head logits. The
         official configurations weight it by 1.0 (GFL, RetinaNet, ATSS) or 0.4 (FCOS).
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     return bckd_cls_loss(student_logits, teacher_logits, valid_mask, num_positives, beta=beta, reduction=reduction)
 
 
-@register_loss("crosskd_cls", function=crosskd_cls_loss)
+@register_loss("crosskd_cls", function=crosskd_cls_loss, distributed="sum")
 class CrossKDClsLoss(LossModule):
     """Module twin of :func:`crosskd_cls_loss`; ``loss_weight`` multiplies the result."""
 
@@ -235,6 +240,11 @@ def crosskd_box_loss(
         The GFL configuration weights this term by 4.0. The official code divides by the sum of
         :math:`\rho` of the local batch (not averaged over GPUs); a sum of 0 gives 0 here instead of
         the official NaN.
+
+        Under ``DistributedDataParallel`` each process divides by its own sum of region weights (unless
+        ``region_weight_sum`` is given); inside :func:`kdimpl.distributed.global_normalisers` it divides by
+        the mean over processes and the gradients equal those of one process on the union batch (behaviour
+        ``'count'``).
     """
     check_shape(student_box_logits, "student_box_logits", "N C H W")
     check_shape(teacher_box_logits, "teacher_box_logits", "N C H W")
@@ -260,14 +270,14 @@ def crosskd_box_loss(
     total = terms.sum()
     if reduction == "sum":
         return total.to(student_box_logits.dtype)
-    norm = rho.sum() if region_weight_sum is None else torch.as_tensor(region_weight_sum, dtype=total.dtype,
+    norm = reduce_normaliser(rho.sum()) if region_weight_sum is None else torch.as_tensor(region_weight_sum, dtype=total.dtype,
                                                                        device=total.device)
     # a zero sum means every rho (so every term) is 0: keep 0 instead of 0 / 0
     norm = norm.clamp(min=torch.finfo(total.dtype).tiny)
     return (total / (4 + torch.finfo(torch.float32).eps) / norm).to(student_box_logits.dtype)
 
 
-@register_loss("crosskd_box", function=crosskd_box_loss)
+@register_loss("crosskd_box", function=crosskd_box_loss, distributed="count")
 class CrossKDBoxLoss(LossModule):
     """Module twin of :func:`crosskd_box_loss`; ``loss_weight`` multiplies the result (official 4.0)."""
 
@@ -335,6 +345,10 @@ def crosskd_box_iou_loss(
         Configuration weights: 1.0 (RetinaNet, ATSS; GIoU), 0.75 (FCOS; IoU). The FCOS distiller
         applies no anchor mask. ATSS's configuration also distils the centerness (binary
         cross-entropy), which is not part of this function.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_shape(student_boxes, "student_boxes", "N C H W")
     check_shape(teacher_boxes, "teacher_boxes", "N C H W")
@@ -366,7 +380,7 @@ def crosskd_box_iou_loss(
     return bckd_reduce(terms, num_positives, reduction, student_boxes.dtype)
 
 
-@register_loss("crosskd_box_iou", function=crosskd_box_iou_loss)
+@register_loss("crosskd_box_iou", function=crosskd_box_iou_loss, distributed="sum")
 class CrossKDBoxIoULoss(LossModule):
     """Module twin of :func:`crosskd_box_iou_loss`; ``loss_weight`` multiplies the result."""
 

@@ -23,6 +23,7 @@ from .._checks import (
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.defeat import DeFeatAdapter
+from ..distributed import reduce_normaliser
 from ..masks import cover_counts
 from ..ops import padded_boxes
 
@@ -200,6 +201,10 @@ def defeat_loss(
         which promotes the official loss to float64; here the loss is computed in the features'
         dtype (float32 for half inputs). The paper writes :math:`N` as a number of positions; the
         official code (followed here) includes :math:`C`.
+
+        Under ``DistributedDataParallel`` each process divides by its own foreground and background element
+        counts; inside :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes
+        and the gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student, "student", "N C H W")
     student = student if adapter_student is None else adapter_student(student)
@@ -221,12 +226,12 @@ def defeat_loss(
     bg_sum = (err * bg).sum()
     if reduction == "mean":
         channels = s.shape[1]
-        fg_sum = fg_sum / (2 * channels * fg.sum()).clamp(min=1)
-        bg_sum = bg_sum / (2 * channels * bg.sum()).clamp(min=1)
+        fg_sum = fg_sum / (2 * channels * reduce_normaliser(fg.sum())).clamp(min=1)
+        bg_sum = bg_sum / (2 * channels * reduce_normaliser(bg.sum())).clamp(min=1)
     return (fg_weight * fg_sum + bg_weight * bg_sum).to(student.dtype)
 
 
-@register_loss("defeat", function=defeat_loss)
+@register_loss("defeat", function=defeat_loss, distributed="count")
 class DeFeatLoss(LossModule):
     """Module twin of :func:`defeat_loss`; ``loss_weight`` multiplies the result.
 
@@ -323,6 +328,10 @@ def defeat_roi_kd_loss(
         takes ``labels.max()`` of the batch as background, which is wrong when a batch holds no
         background RoI; here the background column is explicit. The official code uses a single
         temperature for both sets; so does this function.
+
+        Under ``DistributedDataParallel`` each process divides by its own foreground and background RoI
+        counts; inside :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes
+        and the gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student_logits, "student_logits", "R K")
     check_shape(teacher_logits, "teacher_logits", "R K")
@@ -342,15 +351,15 @@ def defeat_roi_kd_loss(
     fg_w = is_fg * fg_weight
     bg_w = is_bg * bg_weight
     if reduction == "mean":
-        fg_w = fg_w / is_fg.sum().clamp(min=1)
-        bg_w = bg_w / is_bg.sum().clamp(min=1)
+        fg_w = fg_w / reduce_normaliser(is_fg.sum()).clamp(min=1)
+        bg_w = bg_w / reduce_normaliser(is_bg.sum()).clamp(min=1)
     per_roi = kl * (fg_w + bg_w)
     if reduction == "none":
         return per_roi.to(student_logits.dtype)
     return per_roi.sum().to(student_logits.dtype)
 
 
-@register_loss("defeat_roi_kd", function=defeat_roi_kd_loss)
+@register_loss("defeat_roi_kd", function=defeat_roi_kd_loss, distributed="count")
 class DeFeatRoIKDLoss(LossModule):
     """Module twin of :func:`defeat_roi_kd_loss`; ``loss_weight`` multiplies the result."""
 

@@ -101,6 +101,10 @@ def drkd_pixel_loss(
 
     Notes:
         Every call of the official code also writes heat-map images of level 0 to disk; not replicated.
+
+        Under ``DistributedDataParallel`` the Frobenius norm is taken over the features of the process's own
+        images only, so no normaliser makes the gradients equal those of one process on the union batch
+        (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_feature_pair(student, teacher)
     check_options(reduction=reduction)
@@ -110,7 +114,7 @@ def drkd_pixel_loss(
 
 
 
-@register_loss("drkd_pixel", function=drkd_pixel_loss)
+@register_loss("drkd_pixel", function=drkd_pixel_loss, distributed="batch")
 class DRKDPixelLoss(LossModule):
     """Module twin of :func:`drkd_pixel_loss`; ``loss_weight`` multiplies the result (official: 1e-3).
 
@@ -235,6 +239,10 @@ def drkd_instance_loss(
         The official loop passes the whole batch to ``roi_align`` with a one-image box list, so every
         image's boxes are pooled from the *first* image's maps; here each image uses its own maps
         (the parity test reproduces the official numbers by feeding image 0 in every batch slot).
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_feature_pair(student, teacher)
     check_options(feature_weight=feature_weight, reduction=reduction)
@@ -263,7 +271,7 @@ def drkd_instance_loss(
     return reduce_loss(relation + feature_weight * feature, _official_sum(reduction)).to(student.dtype)
 
 
-@register_loss("drkd_instance", function=drkd_instance_loss)
+@register_loss("drkd_instance", function=drkd_instance_loss, distributed="sum")
 class DRKDInstanceLoss(LossModule):
     """Module twin of :func:`drkd_instance_loss`; ``loss_weight`` multiplies the result (official: 0.004).
 

@@ -12,6 +12,7 @@ from .._checks import check_boxes, check_feature_pair, check_options, check_shap
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.fgfi import FGFIAdapter
+from ..distributed import reduce_normaliser
 from ..ops import padded_boxes
 
 __all__ = ["fgfi_grid_anchors", "fgfi_imitation_mask"]
@@ -234,6 +235,10 @@ def fgfi_loss(
         and normaliser here follow its expressions for any batch (one :math:`N_p` for the batch).
         The training recipe (weight 0.01, imitation off for the first 400 iterations) is left
         to the caller.
+
+        Under ``DistributedDataParallel`` each process divides by its own imitation-mask sum; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student, "student", "N C H W")
     student = student if adapter_student is None else adapter_student(student)
@@ -250,11 +255,11 @@ def fgfi_loss(
         return per_cell.to(student.dtype)
     total = per_cell.sum()
     if reduction == "mean":
-        total = total / (2 * mask.sum().clamp(min=1).to(s.dtype))
+        total = total / (2 * reduce_normaliser(mask.sum().to(s.dtype)).clamp(min=1))
     return total.to(student.dtype)
 
 
-@register_loss("fgfi", function=fgfi_loss)
+@register_loss("fgfi", function=fgfi_loss, distributed="count")
 class FGFILoss(LossModule):
     """Module twin of :func:`fgfi_loss`; ``loss_weight`` multiplies the result (the paper uses 0.01).
 

@@ -129,6 +129,10 @@ def fkd_loss(
         once a second size is seen: :class:`~kdimpl.adapters.fkd.NonLocalBlock2d` feeds its output
         convolution a computed tensor rather than a view, the pattern on which inductor (CPU,
         torch 2.13) failed sorting symbolic channels-last strides (pytorch/pytorch#185510).
+
+        Under ``DistributedDataParallel`` every norm is taken over the features of the process's own images
+        only, so no normaliser makes the gradients equal those of one process on the union batch
+        (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_feature_pair(student, teacher)
     check_options(
@@ -166,7 +170,7 @@ def fkd_loss(
     return result.to(student.dtype)
 
 
-@register_loss("fkd", function=fkd_loss)
+@register_loss("fkd", function=fkd_loss, distributed="batch")
 class FKDLoss(LossModule):
     """Module twin of :func:`fkd_loss`; ``loss_weight`` multiplies the result.
 

@@ -106,6 +106,10 @@ def frs_feature_loss(
     Notes:
         The official detector also ramps both FRS terms linearly over the first 500 iterations;
         that schedule belongs to the training loop and is not part of the loss.
+
+        Under ``DistributedDataParallel`` each process divides by its own feature-richness sum; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     if adapter_student is not None:
         check_shape(student, "student", "N C H W")
@@ -189,6 +193,10 @@ def frs_cls_loss(student_logits: Tensor, teacher_logits: Tensor, *, reduction: s
         through ``F.binary_cross_entropy``, which clamps each log at -100, so the two differ only
         where a student logit exceeds about 100 in magnitude. The loss is the cross-entropy, not the
         KL divergence, so it does not vanish when the student equals the teacher (its gradient does).
+
+        Under ``DistributedDataParallel`` each process divides by its own feature-richness sum; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student_logits, "student_logits", "N K H W")
     check_shape(teacher_logits, "teacher_logits", "N K H W")
@@ -204,7 +212,7 @@ def frs_cls_loss(student_logits: Tensor, teacher_logits: Tensor, *, reduction: s
     return reduce_loss(bce, reduction, avg_factor=richness.sum()).to(student_logits.dtype)
 
 
-@register_loss("frs_feature", function=frs_feature_loss)
+@register_loss("frs_feature", function=frs_feature_loss, distributed="count")
 class FRSFeatureLoss(LossModule):
     """Module twin of :func:`frs_feature_loss`; ``loss_weight`` multiplies the result.
 
@@ -235,7 +243,7 @@ class FRSFeatureLoss(LossModule):
         super().__init__(adapter_student=adapter_student, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("frs_cls", function=frs_cls_loss)
+@register_loss("frs_cls", function=frs_cls_loss, distributed="count")
 class FRSClsLoss(LossModule):
     """Module twin of :func:`frs_cls_loss`; ``loss_weight`` multiplies the result."""
 

@@ -390,6 +390,10 @@ def gid_relation_loss(
         As in the official code the relation spans the instances of every image in the batch (not one
         matrix per image). Coincident instances have distance ``sqrt(tiny)`` instead of the official
         ``1e-6``.
+
+        Under ``DistributedDataParallel`` the relation matrix and its mean distance are computed over the
+        instances of the process's own images only, so no normaliser makes the gradients equal those of one
+        process on the union batch (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_options(reduction=reduction)
     s_levels, t_levels, boxes, valid = _prepare(student, teacher, instance_boxes, image_size, instance_mask, adapter_student)
@@ -569,7 +573,7 @@ class GIDFeatureLoss(LossModule):
         )
 
 
-@register_loss("gid_relation", function=gid_relation_loss)
+@register_loss("gid_relation", function=gid_relation_loss, distributed="batch")
 class GIDRelationLoss(LossModule):
     """Module twin of :func:`gid_relation_loss`; ``loss_weight`` multiplies the result (official: 40).
 

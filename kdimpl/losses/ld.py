@@ -163,6 +163,10 @@ def ld_loss(
         A NaN anywhere in the inputs gives a NaN loss in both forms. The official loss
         asserts :math:`\tau \ge 1`; any :math:`\tau > 0` is accepted here. mmdetection's
         ``KnowledgeDistillationKLDivLoss`` and its ``LDHead`` compute the same main-region term.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     return _weighted_ld(student, teacher, region_map, "region_map", temperature, reduction, _MAIN_AVG_FACTOR)
 
@@ -214,6 +218,10 @@ def ld_vlr_loss(
     Notes:
         The papers describe the VLR as a region (a mask); the official code weights it by the IoU,
         which is reproduced here (pass a 0/1 map for the mask). The VLR may overlap the positives.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     return _weighted_ld(student, teacher, vlr_map, "vlr_map", temperature, reduction, _VLR_AVG_FACTOR)
 
@@ -267,6 +275,10 @@ def ld_cls_loss(
         The official head also computes this term on the VLR but multiplies it by 0
         (``loss_kd_neg``); it is not reproduced. The normaliser counts the positives of the
         level on one GPU (not averaged over GPUs), as the official code does.
+
+        Under ``DistributedDataParallel`` each process divides by its own ``avg_factor``; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_feature_pair(student, teacher)
     check_options(temperature=temperature, reduction=reduction)
@@ -422,7 +434,7 @@ def ld_valuable_regions(
     return [w.reshape(-1, h, wd) for w, (h, wd) in zip(weights.split(counts, dim=1), sizes)]
 
 
-@register_loss("ld", function=ld_loss)
+@register_loss("ld", function=ld_loss, distributed="sum")
 class LDLoss(LossModule):
     """Module twin of :func:`ld_loss`; ``loss_weight`` multiplies the result (official 0.25)."""
 
@@ -430,7 +442,7 @@ class LDLoss(LossModule):
         super().__init__(temperature=temperature, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("ld_vlr", function=ld_vlr_loss)
+@register_loss("ld_vlr", function=ld_vlr_loss, distributed="sum")
 class LDVLRLoss(LossModule):
     """Module twin of :func:`ld_vlr_loss`; ``loss_weight`` multiplies the result (official 0.25)."""
 
@@ -438,7 +450,7 @@ class LDVLRLoss(LossModule):
         super().__init__(temperature=temperature, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("ld_cls", function=ld_cls_loss)
+@register_loss("ld_cls", function=ld_cls_loss, distributed="count")
 class LDClsLoss(LossModule):
     """Module twin of :func:`ld_cls_loss`; ``loss_weight`` multiplies the result (official 10)."""
 

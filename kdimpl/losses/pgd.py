@@ -453,6 +453,10 @@ def pgd_reg_loss(
     Notes:
         Positions outside :math:`P` do not enter the loss, but as everywhere in kdimpl a NaN or inf
         anywhere in the features gives a NaN loss (as the dense form does).
+
+        Under ``DistributedDataParallel`` each process divides by its own number of selected positions;
+        inside :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_feature_pair(student, teacher)
     check_options(temperature=temperature, fg_weight=fg_weight, attention_weight=attention_weight, reduction=reduction)
@@ -535,7 +539,7 @@ class PGDClsLoss(LossModule):
         )
 
 
-@register_loss("pgd_reg", function=pgd_reg_loss)
+@register_loss("pgd_reg", function=pgd_reg_loss, distributed="count")
 class PGDRegLoss(LossModule):
     """Module twin of :func:`pgd_reg_loss`; ``loss_weight`` multiplies the result."""
 

@@ -90,6 +90,10 @@ def pkd_loss(
         per-channel sums :math:`\sum \tilde s^2, \sum \tilde t^2, \sum \tilde s \tilde t` of the
         centred features, with an analytic gradient (first order only; ``reduction='none'``
         goes through autograd).
+
+        Under ``DistributedDataParallel`` the standardisation statistics are computed over the features of
+        the process's own images only, so no normaliser makes the gradients equal those of one process on
+        the union batch (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_options(reduction=reduction)
     check_positive(eps, "eps")
@@ -161,7 +165,7 @@ class _StandardizedSquaredError(torch.autograd.Function):
         return (s - mean_s) * coef_s + (t - mean_t) * coef_t, None, None
 
 
-@register_loss("pkd", function=pkd_loss)
+@register_loss("pkd", function=pkd_loss, distributed="batch")
 class PKDLoss(LossModule):
     """Module twin of :func:`pkd_loss`; ``loss_weight`` multiplies the result."""
 

@@ -33,6 +33,7 @@ from .._checks import (
 from .._dtypes import upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
+from ..distributed import reduce_normaliser
 from ..masks import pad_boxes, scale_boxes_to_feature
 from ..ops import aligned_box_iou
 
@@ -144,6 +145,10 @@ def tadf_feature_loss(
         Unverified: the paper's text could not be read for this implementation. The Gaussian's
         width (``sigma_ratio``) and the normaliser (that of FGFI, Wang et al. 2019, which shares an
         author) are this implementation's choices, not taken from the paper.
+
+        Under ``DistributedDataParallel`` each process divides by its own mask sum; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_feature_pair(student, teacher)
     check_options(reduction=reduction)
@@ -160,7 +165,7 @@ def tadf_feature_loss(
     masked_error = _MaskedSquaredError.apply if not torch.compiler.is_compiling() else _masked_squared_error
     per_cell = masked_error(s, t, mask)  # (N, H, W)
     if reduction == "mean":
-        return (per_cell.sum() / (2 * mask.sum().clamp(min=1))).to(student.dtype)
+        return (per_cell.sum() / (2 * reduce_normaliser(mask.sum()).clamp(min=1))).to(student.dtype)
     return reduce_loss(per_cell, reduction).to(student.dtype)
 
 
@@ -244,6 +249,10 @@ def tadf_cls_loss(
         rule (teacher more confident in the true class) follows the paper's abstract, "distil where
         the teacher performs more reasonably"; its exact form, the temperature and the normaliser
         are this implementation's choices.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of selected RoIs; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student_logits, "student_logits", "R C")
     check_shape(teacher_logits, "teacher_logits", "R C")
@@ -329,6 +338,10 @@ def tadf_reg_loss(
         Unverified: the paper's text could not be read for this implementation. The selection rule
         (teacher's refined box against the proposal) follows third-party summaries of the paper;
         the smooth L1 form, ``beta`` and the normaliser are this implementation's choices.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of selected RoIs; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student_deltas, "student_deltas", "R 4")
     check_shape(teacher_deltas, "teacher_deltas", "R 4")
@@ -349,7 +362,7 @@ def tadf_reg_loss(
     return reduce_loss(per_roi, reduction, avg_factor=selected.sum().clamp(min=1)).to(student_deltas.dtype)
 
 
-@register_loss("tadf_feature", function=tadf_feature_loss)
+@register_loss("tadf_feature", function=tadf_feature_loss, distributed="count")
 class TADFFeatureLoss(LossModule):
     """Module twin of :func:`tadf_feature_loss`; ``loss_weight`` multiplies the result."""
 
@@ -358,7 +371,7 @@ class TADFFeatureLoss(LossModule):
         super().__init__(sigma_ratio=sigma_ratio, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("tadf_cls", function=tadf_cls_loss)
+@register_loss("tadf_cls", function=tadf_cls_loss, distributed="count")
 class TADFClsLoss(LossModule):
     """Module twin of :func:`tadf_cls_loss`; ``loss_weight`` multiplies the result."""
 
@@ -366,7 +379,7 @@ class TADFClsLoss(LossModule):
         super().__init__(temperature=temperature, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("tadf_reg", function=tadf_reg_loss)
+@register_loss("tadf_reg", function=tadf_reg_loss, distributed="count")
 class TADFRegLoss(LossModule):
     """Module twin of :func:`tadf_reg_loss`; ``loss_weight`` multiplies the result."""
 
