@@ -17,8 +17,10 @@ from . import (
     frs,
     gdetkd,
     gid,
+    gkd,
     glamd,
     head,
+    kd_detr,
     labelenc,
     ld,
     maskd,
@@ -51,8 +53,10 @@ from .fkd import *  # noqa: F403
 from .frs import *  # noqa: F403
 from .gdetkd import *  # noqa: F403
 from .gid import *  # noqa: F403
+from .gkd import *  # noqa: F403
 from .glamd import *  # noqa: F403
 from .head import *  # noqa: F403
+from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
 from .ld import *  # noqa: F403
 from .maskd import *  # noqa: F403
@@ -71,7 +75,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gdetkd, gid,
-    glamd, head, labelenc, ld, maskd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd, tadf,
-    vild, yolov6,
+    gkd, glamd, head, kd_detr, labelenc, ld, maskd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
+    tadf, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
