@@ -159,7 +159,7 @@ def yolov6_dfl_loss(
     return (terms.sum() / count.clamp(min=1)).to(student.dtype)
 
 
-def yolov6_distill_weight(epoch: int | float, max_epoch: int | float, *, final_weight: float = 0.01) -> float:
+def yolov6_distill_weight(epoch: float, max_epoch: float, *, final_weight: float = 0.01) -> float:
     r"""YOLOv6's distillation weight at ``epoch``: a cosine decay from 1 to ``final_weight``.
 
     .. math::

@@ -41,7 +41,7 @@ def _official_inputs(official):
 def test_weighting_function_and_go_matches_match_official(official):
     grid = dfine_weighting_function(official["reg_max"], official["up"], official["reg_scale"])
     torch.testing.assert_close(grid, official["weighting_function"], rtol=0, atol=0)
-    gt, matched, _ = _official_inputs(official)
+    _, matched, _ = _official_inputs(official)
     for (queries, gts), row in zip(official["go_indices"], matched):
         expected = torch.full_like(row, -1)
         expected[queries] = gts

@@ -14,8 +14,8 @@ from kdimpl.losses.yolov6 import (  # noqa: E402
     YOLOv6ClsLoss,
     YOLOv6DFLLoss,
     yolov6_cls_loss,
-    yolov6_distill_weight,
     yolov6_dfl_loss,
+    yolov6_distill_weight,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "yolov6" / "official_yolov6.pt"
