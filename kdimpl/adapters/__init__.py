@@ -6,9 +6,11 @@ from .drkd import GloReUnit, InstanceRelation
 from .fgd import FGDGlobalContext
 from .fgfi import FGFIAdapter
 from .fkd import FKDStudentAdapter, NonLocalBlock2d
+from .freekd import FreeKDPrompts, freekd_haar_dwt, freekd_haar_idwt
 from .frs import FRSAdapter
 from .gdetkd import GDetKDLevelAttention
 from .labelenc import LabelEncAdapter
+from .lgd import LGDKnowledgeMapper, LGDRelationAdapter
 from .maskd import MasKDTokens
 from .mgd import MGDGenerator
 from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
@@ -20,10 +22,15 @@ __all__ = [
     "FGFIAdapter",
     "FKDStudentAdapter",
     "FRSAdapter",
+    "FreeKDPrompts",
+    "freekd_haar_dwt",
+    "freekd_haar_idwt",
     "GDetKDLevelAttention",
     "GloReUnit",
     "InstanceRelation",
     "LabelEncAdapter",
+    "LGDKnowledgeMapper",
+    "LGDRelationAdapter",
     "MasKDTokens",
     "MGDGenerator",
     "MultiScaleCrossAttention",

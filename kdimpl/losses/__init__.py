@@ -14,6 +14,7 @@ from . import (
     fgd,
     fgfi,
     fkd,
+    freekd,
     frs,
     gdetkd,
     gid,
@@ -24,6 +25,7 @@ from . import (
     labelenc,
     ld,
     maskd,
+    lgd,
     mgd,
     mimic,
     mtpd,
@@ -50,6 +52,7 @@ from .drkd import *  # noqa: F403
 from .fgd import *  # noqa: F403
 from .fgfi import *  # noqa: F403
 from .fkd import *  # noqa: F403
+from .freekd import *  # noqa: F403
 from .frs import *  # noqa: F403
 from .gdetkd import *  # noqa: F403
 from .gid import *  # noqa: F403
@@ -60,6 +63,7 @@ from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
 from .ld import *  # noqa: F403
 from .maskd import *  # noqa: F403
+from .lgd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .mtpd import *  # noqa: F403
@@ -74,8 +78,8 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, frs, gdetkd, gid,
-    gkd, glamd, head, kd_detr, labelenc, ld, maskd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
+    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
     tadf, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
