@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from kdimpl import MultiLevelLoss, multilevel_loss  # noqa: E402
 from kdimpl.adapters.defeat import DeFeatAdapter  # noqa: E402
+from kdimpl.checkpoints import defeat_state_dict, multilevel_state_dict  # noqa: E402
 from kdimpl.losses.defeat import (  # noqa: E402
     DeFeatLoss,
     DeFeatRoIKDLoss,
@@ -302,10 +303,11 @@ def test_twins_owning_the_level_adapters_match_official():
     f = torch.load(FIXTURES / "defeat_loss.pt")
     criterion = MultiLevelLoss([DeFeatLoss(student_channels=4) for _ in range(5)], level_weights=[1 / 5] * 5)
     owned = {id(p) for p in criterion.parameters()}
-    for level, twin in enumerate(criterion.losses):
+    for twin in criterion.losses:
         assert {id(p) for p in twin.adapter_student.parameters()} <= owned
-        twin.adapter_student.load_state_dict({"weight": f["adapter_state"][f"{level}.0.weight"],
-                                              "bias": f["adapter_state"][f"{level}.0.bias"]})
+    checkpoint = {"neck_adapt." + k: v for k, v in f["adapter_state"].items()}  # the official detector's keys
+    prefixes = [f"neck_adapt.{level}." for level in range(5)]
+    criterion.load_state_dict(multilevel_state_dict(defeat_state_dict, checkpoint, prefixes))
     criterion.double()
     students = [s.double().requires_grad_(True) for s in f["students"]]
     total = criterion(students, [t.double() for t in f["teachers"]], gt_boxes=f["gt_boxes"], image_size=f["image_size"])

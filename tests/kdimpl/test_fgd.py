@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.fgd import FGDGlobalContext
 from kdimpl import MultiLevelLoss, multilevel_loss
+from kdimpl.checkpoints import fgd_state_dict
 from kdimpl.losses.fgd import FGDLoss, fgd_cell_bounds, fgd_loss, fgd_masks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fgd" / "official_feature_loss.pt"
@@ -30,21 +31,12 @@ def fixture():
 
 
 def official_blocks(state_dict, channels):
-    """Load the official ``FeatureLoss`` GcBlock weights (``conv_mask_s``, ``channel_add_conv_s``...) into ours."""
-    blocks = []
-    for side in ("s", "t"):
-        prefixes = {f"conv_mask_{side}.": "conv_mask.", f"channel_add_conv_{side}.": "channel_add."}
-        block = FGDGlobalContext(channels)
-        block.load_state_dict(
-            {
-                new + key[len(old) :]: value
-                for key, value in state_dict.items()
-                for old, new in prefixes.items()
-                if key.startswith(old)
-            }
-        )
-        blocks.append(block)
-    return blocks
+    """The official ``FeatureLoss`` GcBlocks (``conv_mask_s``, ``channel_add_conv_s``...), loaded through
+    :func:`kdimpl.checkpoints.fgd_state_dict` as a user loads them from a checkpoint."""
+    twin = FGDLoss(channels=channels)
+    twin.load_state_dict(fgd_state_dict({"distill_losses.loss_fgd_fpn_0." + k: v for k, v in state_dict.items()},
+                                        prefix="distill_losses.loss_fgd_fpn_0."))
+    return twin.global_student, twin.global_teacher
 
 
 @pytest.mark.parity

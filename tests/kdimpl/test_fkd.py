@@ -10,61 +10,38 @@ torch = pytest.importorskip("torch")
 
 from kdimpl.adapters.fkd import FKDStudentAdapter, NonLocalBlock2d
 from kdimpl import MultiLevelLoss
+from kdimpl.checkpoints import fkd_state_dict
 from kdimpl.losses.fkd import FKDLoss, fkd_attention_masks, fkd_loss
 
 from .cases.fkd import identity_adapters
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fkd" / "mmrazor_fbkd.pt"
 TERMS = ["term_mask_l2_weight", "term_channel_weight", "term_spatial_weight", "term_nonloacl_weight"]
-NON_LOCAL_KEYS = {
-    "theta.conv.": "theta.",
-    "phi.0.0.conv.": "phi.",
-    "g.0.0.conv.": "g.",
-    "conv_out.conv.": "out.",
-    "conv_out.bn.": "norm.",
-}
-STUDENT_KEYS = {
-    "adaptation_layers.": "feature.",
-    "channel_wise_adaptation.": "channel.",
-    "spatial_wise_adaptation.": "spatial.",
-    "non_local_adaptation.": "relation.",
-}
 
 
-def rename(state, mapping, prefix=""):
-    out = {}
-    for key, value in state.items():
-        for old, new in mapping.items():
-            if key.startswith(prefix + old):
-                out[new + key[len(prefix + old) :]] = value
-    return out
+def official_state(state):
+    """The fixture's connector state dicts as one mmrazor checkpoint would hold them."""
+    return {
+        **{"distiller.connectors.loss_s0_sfeat." + k: v for k, v in state["student"].items()},
+        **{"distiller.connectors.loss_s0_tfeat." + k: v for k, v in state["teacher"].items()},
+    }
 
 
 def from_mmrazor(state):
-    """Our adapters carrying the weights of mmrazor's connectors (sub_sample=True, maxpool_stride=2 -> pool 4)."""
+    """Our adapters carrying the weights of mmrazor's connectors (sub_sample=True, maxpool_stride=2 -> pool 4),
+    loaded through :func:`kdimpl.checkpoints.fkd_state_dict`."""
     channels = state["student"]["adaptation_layers.weight"].shape[0]
-    adapter, teacher_block = FKDStudentAdapter(channels, 2, pool=4), NonLocalBlock2d(channels, 2, pool=4)
-    student_state = rename(state["student"], STUDENT_KEYS)
-    student_state.update(
-        {"non_local." + k: v for k, v in rename(state["student"], NON_LOCAL_KEYS, "student_non_local.").items()}
-    )
-    adapter.load_state_dict(student_state)
-    teacher_block.load_state_dict(rename(state["teacher"], NON_LOCAL_KEYS, "teacher_non_local."))
-    return adapter, teacher_block
+    twin = FKDLoss(channels=channels, non_local_reduction=2, non_local_pool=4)
+    twin.load_state_dict(fkd_state_dict(official_state(state), "distiller.connectors.loss_s0_sfeat.",
+                                         "distiller.connectors.loss_s0_tfeat."))
+    return twin.adapter_student, twin.non_local_teacher
 
 
-def to_mmrazor_name(name, side):
-    if side == "teacher":
-        return (
-            "teacher_non_local."
-            + {v: k for k, v in NON_LOCAL_KEYS.items()}[name.split(".")[0] + "."]
-            + name.split(".", 1)[1]
-        )
-    head, rest = name.split(".", 1)
-    if head == "non_local":
-        inner, leaf = rest.split(".", 1)
-        return "student_non_local." + {v: k for k, v in NON_LOCAL_KEYS.items()}[inner + "."] + leaf
-    return {v: k for k, v in STUDENT_KEYS.items()}[head + "."] + rest
+def ours_named(grads):
+    """Official gradients (``student_param_grads``/``teacher_param_grads``) under our parameter names."""
+    return fkd_state_dict(official_state({"student": grads["student_param_grads"],
+                                          "teacher": grads["teacher_param_grads"]}),
+                          "distiller.connectors.loss_s0_sfeat.", "distiller.connectors.loss_s0_tfeat.")
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +60,10 @@ def test_parity_with_mmrazor_fbkd(fixture, mode):
     loss.backward()
     torch.testing.assert_close(loss, reference["total"], rtol=1e-5, atol=0)
     torch.testing.assert_close(student.grad, reference["student_grad"], rtol=1e-5, atol=1e-8)
-    for side, module, grads in (
-        ("student", adapter, "student_param_grads"),
-        ("teacher", teacher_block, "teacher_param_grads"),
-    ):
+    official = ours_named(reference)
+    for prefix, module in (("adapter_student.", adapter), ("non_local_teacher.", teacher_block)):
         for name, param in module.named_parameters():
-            torch.testing.assert_close(param.grad, reference[grads][to_mmrazor_name(name, side)], rtol=1e-4, atol=1e-9)
+            torch.testing.assert_close(param.grad, official[prefix + name], rtol=1e-4, atol=1e-9)
 
     adapter, teacher_block = from_mmrazor(fixture["state_dict"])  # fresh BN statistics
     adapter.train(mode == "train"), teacher_block.train(mode == "train")

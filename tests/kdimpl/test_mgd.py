@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from kdimpl import ChannelAdapter, MGDGenerator, MultiLevelLoss, multilevel_loss  # noqa: E402
+from kdimpl.checkpoints import mgd_state_dict  # noqa: E402
 from kdimpl.losses.mgd import MGDLoss, mgd_loss, mgd_random_mask  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mgd" / "official_mgd.pt"
@@ -63,8 +64,11 @@ def test_rng_argument_reproduces_official_without_mask(official):
 def test_twin_built_with_channels_owns_the_official_pieces(official):
     # the official FeatureLoss(student_channels=3, teacher_channels=4): align conv, then generation
     loss = MGDLoss(student_channels=3, teacher_channels=4, mask_ratio=0.45, loss_weight=2e-5)
-    loss.generator_student.load_state_dict(official["yzdv_align_generation"])
-    loss.adapter_student.proj.load_state_dict(official["yzdv_align_align"])
+    checkpoint = {"state_dict": {  # the official distiller's keys for this FeatureLoss
+        **{f"distill_losses.loss_mgd_fpn_0.generation.{k}": v for k, v in official["yzdv_align_generation"].items()},
+        **{f"distill_losses.loss_mgd_fpn_0.align.{k}": v for k, v in official["yzdv_align_align"].items()},
+    }}
+    loss.load_state_dict(mgd_state_dict(checkpoint, "distill_losses.loss_mgd_fpn_0."))
     student = official["student_3ch"].clone().requires_grad_(True)
     value = loss(student, official["teacher"], rng=torch.Generator().manual_seed(6))
     value.backward()
