@@ -28,6 +28,7 @@ from . import (
     lgd,
     mgd,
     mimic,
+    mimicdet,
     mtpd,
     oadp,
     pgd,
@@ -66,6 +67,7 @@ from .maskd import *  # noqa: F403
 from .lgd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
+from .mimicdet import *  # noqa: F403
 from .mtpd import *  # noqa: F403
 from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
@@ -79,7 +81,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
+    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
     tadf, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
