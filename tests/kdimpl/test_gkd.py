@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kdimpl import MultiLevelLoss, multilevel_loss  # noqa: E402
-from kdimpl.losses.gkd import GKDLoss, gkd_importance_map, gkd_loss  # noqa: E402
+from kdimpl.losses.gkd import (  # noqa: E402
+    GKDBMFILoss,
+    GKDLoss,
+    gkd_bmfi_loss,
+    gkd_box_mask,
+    gkd_importance_map,
+    gkd_loss,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gkd" / "official_gkd.pt"
 
@@ -125,3 +133,97 @@ def test_levels_in_one_line():
     expected = sum(0.5 * gkd_loss(*a) for a in zip(students, teachers, grads_s, grads_t))
     torch.testing.assert_close(total, expected)
     torch.testing.assert_close(MultiLevelLoss(GKDLoss(), loss_weight=0.5)(students, teachers, grads_s, grads_t), expected)
+
+
+# ---- GKD-BMFI ----
+
+BMFI_FIXTURE = Path(__file__).parent / "fixtures" / "gkd" / "official_gkd_bmfi.pt"
+
+
+@pytest.fixture(scope="module")
+def official_bmfi():
+    return torch.load(BMFI_FIXTURE, weights_only=True)
+
+
+def _bmfi_options(f):
+    return {k: f[k] for k in ("temperature", "fg_weight", "attention_weight", "global_weight")}
+
+
+@pytest.mark.parity
+def test_bmfi_mask_value_and_gradient_match_official(official_bmfi):
+    f = official_bmfi
+    size = tuple(f["student"].shape[-2:])
+    mask = gkd_box_mask(f["gt_boxes"], f["image_size"], size, official_placement=True)
+    torch.testing.assert_close(mask, f["mask_fg"], rtol=1e-6, atol=1e-8)
+    student = f["student"].clone().requires_grad_(True)
+    loss = GKDBMFILoss(official_placement=True, **_bmfi_options(f))(student, f["teacher"], gt_boxes=f["gt_boxes"],
+                                                                  image_size=f["image_size"])
+    torch.testing.assert_close(loss, f["loss"], rtol=1e-5, atol=1e-8)
+    (grad,) = torch.autograd.grad(loss, student)
+    torch.testing.assert_close(grad, f["grad"], rtol=1e-4, atol=1e-9)
+    # the released placement misses the off-centre boxes; the default puts each window on its box
+    assert not torch.allclose(gkd_box_mask(f["gt_boxes"], f["image_size"], size), mask)
+
+
+def test_box_mask_hand_case():
+    # 8 x 8 map of a 64 x 64 image: the box covers rows 2..3 and columns 1..4 (h = 2, w = 4)
+    mask = gkd_box_mask([torch.tensor([[8.0, 16.0, 40.0, 32.0]])], (64, 64), (8, 8))[0]
+    area = 4 * 2 * 4
+    assert torch.all(mask[2:4, 1:5] == 1 / area)
+    # the 2h x 2w window starts one row and two columns before the box: rows 1..4, columns -1..6
+    row, col = 1 - 1, 6 - (-1)  # window coordinates of cell (1, 6): y = 0, x = 7
+    expected = math.exp(-0.5 * ((row - 2) / 2) ** 2) * math.exp(-0.5 * ((col - 4) / 4) ** 2) / area
+    assert mask[1, 6].item() == pytest.approx(expected, rel=1e-6)
+    assert not mask[5:].any() and not mask[:1].any() and not mask[:, 7].any()
+
+
+def test_box_mask_of_a_centred_box_is_the_same_with_the_released_placement():
+    boxes = [torch.tensor([[16.0, 16.0, 48.0, 48.0]])]  # cells 2..5 of an 8 x 8 map
+    torch.testing.assert_close(gkd_box_mask(boxes, (64, 64), (8, 8)),
+                               gkd_box_mask(boxes, (64, 64), (8, 8), official_placement=True))
+
+
+def test_bmfi_terms_against_direct_formulas():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 4, 6, 10, generator=g), torch.randn(2, 4, 6, 10, generator=g)
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]), torch.tensor([[0.0, 0.0, 20.0, 20.0], [30.0, 10.0, 70.0, 40.0]])]
+    size = (48, 80)
+
+    def attention(x):
+        a = x.abs()
+        spatial = 60 * torch.softmax((a.mean(1) / 0.5).flatten(1), 1).reshape(2, 6, 10)
+        return spatial, 4 * torch.softmax(a.mean((2, 3)) / 0.5, 1)
+
+    (st, ct), (ss, cs) = attention(t), attention(s)
+    error = ((s - t) ** 2 * ct[:, :, None, None] * st[:, None]).sum(1)
+    mask = gkd_box_mask(boxes, size, (6, 10))
+    per_image = (2.0 * (error * mask).sum((1, 2)) + 3.0 * ((ss - st).abs().sum((1, 2)) + (cs - ct).abs().sum(1))
+                 + 5.0 * error.sum((1, 2)) / 60)
+    ours = gkd_bmfi_loss(s, t, boxes, size, fg_weight=2.0, attention_weight=3.0, global_weight=5.0, reduction="none")
+    torch.testing.assert_close(ours, per_image)
+    torch.testing.assert_close(gkd_bmfi_loss(s, t, boxes, size, fg_weight=2.0, attention_weight=3.0, global_weight=5.0),
+                               per_image.mean())
+
+
+def test_bmfi_input_checks():
+    s, t = torch.randn(2, 4, 6, 10), torch.randn(2, 4, 6, 10)
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]), torch.zeros(0, 4)]
+    with pytest.raises(ValueError, match="gt_boxes"):
+        gkd_bmfi_loss(s, t, boxes[:1], (48, 80))
+    with pytest.raises(ValueError, match="gt_boxes"):
+        gkd_bmfi_loss(s, t, [torch.tensor([[40.0, 8.0, 8.0, 30.0]]), boxes[1]], (48, 80))
+    with pytest.raises(ValueError, match="image_size"):
+        gkd_bmfi_loss(s, t, boxes, (80, 48))
+    with pytest.raises(ValueError, match="fg_weight"):
+        gkd_bmfi_loss(s, t, boxes, (48, 80), fg_weight=-1.0)
+
+
+def test_bmfi_levels_in_one_line_with_boxes_given_once():
+    g = torch.Generator().manual_seed(4)
+    sizes = [(12, 20), (6, 10), (3, 5)]
+    students = [torch.randn(2, 4, h, w, generator=g) for h, w in sizes]
+    teachers = [torch.randn(2, 4, h, w, generator=g) for h, w in sizes]
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]), torch.tensor([[30.0, 10.0, 70.0, 40.0]])]
+    total = MultiLevelLoss(GKDBMFILoss())(students, teachers, gt_boxes=boxes, image_size=(48, 80))
+    expected = sum(gkd_bmfi_loss(s, t, boxes, (48, 80)) for s, t in zip(students, teachers))
+    torch.testing.assert_close(total, expected)

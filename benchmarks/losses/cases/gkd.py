@@ -1,9 +1,10 @@
-"""GKD on the five FPN levels: both models' features and their detection-loss gradients given (seeded)."""
+"""GKD on the five FPN levels: both models' features and their detection-loss gradients given (seeded);
+``gkd_bmfi`` on the same features with the harness's boxes."""
 
 from __future__ import annotations
 
 from kdimpl import MultiLevelLoss
-from kdimpl.losses.gkd import GKDLoss
+from kdimpl.losses.gkd import GKDBMFILoss, GKDLoss
 
 from . import BenchCase, feature_levels
 
@@ -16,4 +17,10 @@ def _make(device, dtype, levels, gt_boxes, image_size):
     return lambda: criterion(students, teachers, grads_s, grads_t)
 
 
-BENCH = [BenchCase("gkd", _make)]
+def _make_bmfi(device, dtype, levels, gt_boxes, image_size):
+    students, teachers = feature_levels(device, dtype, levels, len(gt_boxes))
+    criterion = MultiLevelLoss(GKDBMFILoss())
+    return lambda: criterion(students, teachers, gt_boxes=gt_boxes, image_size=image_size)
+
+
+BENCH = [BenchCase("gkd", _make), BenchCase("gkd_bmfi", _make_bmfi)]

@@ -1,4 +1,6 @@
-from . import LossCase, feature_pair
+from . import LossCase, feature_pair, random_boxes
+
+STRIDE = 8
 
 
 def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
@@ -7,5 +9,15 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     return (student, teacher, grads_s + 0.2, grads_t + 0.2), {}
 
 
+def _bmfi_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
+    image_size = (height * STRIDE, width * STRIDE)
+    boxes = [random_boxes(generator, num_boxes, image_size, device, dtype) for _ in range(batch)]
+    features = feature_pair(generator, device, dtype, batch, 4, height, width)
+    return features, {"gt_boxes": boxes, "image_size": image_size}
+
+
 # the student's map has its own gradients, so the loss is not 0 at student == teacher
-CASES = [LossCase("gkd", _inputs, uses_boxes=False, zero_when_equal=False)]
+CASES = [
+    LossCase("gkd", _inputs, uses_boxes=False, zero_when_equal=False),
+    LossCase("gkd_bmfi", _bmfi_inputs, options={"global_weight": 1e-3}),
+]
