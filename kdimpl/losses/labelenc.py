@@ -12,7 +12,7 @@ heads) is a backbone and stays with the detector code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +212,33 @@ def labelenc_loss_gate(iteration: int, step: int, *, warmup_iters: int = 30000, 
     raise ValueError(f"step must be 1 (train the label encoder) or 2 (train the detector), got {step!r}")
 
 
+def _normalised_feature_mse(
+    student: Tensor,
+    teacher: Tensor,
+    adapter_student: nn.Module | None,
+    reduction: str,
+    normalise: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Squared error between ``normalise(teacher)`` (detached) and ``normalise(adapter_student(student))``.
+
+    The body of :func:`labelenc_loss` (one-group ``GroupNorm``) and of
+    :func:`kdimpl.losses.lgd.lgd_loss` (``InstanceNorm``); ``'mean'`` divides by the element count.
+    """
+    check_options(reduction=reduction)
+    check_modules(all_or_none=True, adapter_student=adapter_student)
+    check_shape(student, "student", "N C H W")
+    check_shape(teacher, "teacher", "N C H W")
+    s = upcast(student)
+    if adapter_student is not None:
+        s = adapter_student(s)
+    check_feature_pair(s, teacher)
+    target = normalise(upcast(teacher.detach()))
+    loss = F.mse_loss(normalise(s), target, reduction="none" if reduction == "none" else "sum")
+    if reduction == "mean":
+        loss = loss / max(s.numel(), 1)
+    return loss.to(student.dtype)
+
+
 def labelenc_loss(
     student: Tensor,
     teacher: Tensor,
@@ -271,19 +298,7 @@ def labelenc_loss(
         encodings; step 2 (frozen label encoder, unaugmented label maps) adds it to the detection
         loss for the first 80k of 90k iterations.
     """
-    check_options(reduction=reduction)
-    check_modules(all_or_none=True, adapter_student=adapter_student)
-    check_shape(student, "student", "N C H W")
-    check_shape(teacher, "teacher", "N C H W")
-    s = upcast(student)
-    if adapter_student is not None:
-        s = adapter_student(s)
-    check_feature_pair(s, teacher)
-    target = F.group_norm(upcast(teacher.detach()), 1)
-    loss = F.mse_loss(F.group_norm(s, 1), target, reduction="none" if reduction == "none" else "sum")
-    if reduction == "mean":
-        loss = loss / max(s.numel(), 1)
-    return loss.to(student.dtype)
+    return _normalised_feature_mse(student, teacher, adapter_student, reduction, lambda x: F.group_norm(x, 1))
 
 
 @register_loss("labelenc", function=labelenc_loss)
