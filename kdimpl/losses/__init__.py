@@ -6,6 +6,7 @@ from . import (
     chen2017,
     crosskd,
     cwd,
+    d3etr,
     defeat,
     detkds,
     detrdistill,
@@ -45,6 +46,7 @@ from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
+from .d3etr import *  # noqa: F403
 from .defeat import *  # noqa: F403
 from .detkds import *  # noqa: F403
 from .detrdistill import *  # noqa: F403
@@ -80,7 +82,7 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
     gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
     tadf, vild, yolov6,
 )

@@ -50,6 +50,20 @@ def _box_terms(student_boxes: Tensor, target_boxes: Tensor) -> tuple[Tensor, Ten
     return l1, 1 - giou
 
 
+def _matched_pred_terms(
+    z_s: Tensor, b_s: Tensor, q_t: Tensor, b_t: Tensor, matched: Tensor,
+    class_weight: float, l1_weight: float, giou_weight: float,
+) -> Tensor:
+    """Per-query soft-BCE class term (target 0 when unmatched) plus L1 and ``1 - GIoU`` of the matched box."""
+    is_matched = matched >= 0
+    index = matched.clamp(min=0)
+    target_probs = _gather_rows(q_t, index) * is_matched[..., None]
+    target_boxes = _gather_rows(b_t, index)
+    cls = F.binary_cross_entropy_with_logits(z_s, target_probs, reduction="none").sum(dim=-1)
+    l1, giou = _box_terms(b_s, target_boxes)
+    return class_weight * cls + is_matched * (l1_weight * l1 + giou_weight * giou)
+
+
 def _reduce(terms: Tensor, count: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
     if reduction == "none":
         return terms.to(dtype)
@@ -158,14 +172,8 @@ def detrdistill_pred_loss(
         cost = detr_match_cost(z_s, b_s, q_t, b_t, class_cost="bce", class_weight=class_weight,
                                l1_weight=l1_weight, giou_weight=giou_weight)
         matched = hungarian_match(cost)
-        is_matched = matched >= 0
-        index = matched.clamp(min=0)
-        target_probs = _gather_rows(q_t, index) * is_matched[..., None]
-        target_boxes = _gather_rows(b_t, index)
-    cls = F.binary_cross_entropy_with_logits(z_s, target_probs, reduction="none").sum(dim=-1)
-    l1, giou = _box_terms(b_s, target_boxes)
-    terms = class_weight * cls + is_matched * (l1_weight * l1 + giou_weight * giou)
-    return _reduce(terms, is_matched.sum(), reduction, student_logits.dtype)
+    terms = _matched_pred_terms(z_s, b_s, q_t, b_t, matched, class_weight, l1_weight, giou_weight)
+    return _reduce(terms, (matched >= 0).sum(), reduction, student_logits.dtype)
 
 
 @register_loss("detrdistill_pred", function=detrdistill_pred_loss)
