@@ -17,6 +17,7 @@ matched GT indices (``-1``: unmatched). The decoder layers play the role of the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -57,6 +58,12 @@ def dfine_weighting_function(
     powers = torch.stack([step**i for i in range(1, half)]).to(device)
     ends = powers.new_tensor([2 * bound])
     return torch.cat([-ends, 1 - powers.flip(0), powers.new_zeros(1), powers - 1, ends])
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(reg_max: int, up: float, reg_scale: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`dfine_weighting_function`, built once per setting (the losses call it every step)."""
+    return dfine_weighting_function(reg_max, up, reg_scale, dtype=dtype, device=device)
 
 
 @torch.no_grad()
@@ -301,13 +308,15 @@ def dfine_fgl_loss(
     _check_queries(student, None, student_boxes, matched_gt, ref_boxes=(ref_boxes, "N Q 4"))
     n, q, c = student.shape
     bins = c // 4
-    logits = upcast(student).reshape(n, q, 4, bins)
-    iou, matched = _matched_iou(student_boxes, matched_gt, gt_boxes)
     ref = upcast(ref_boxes.detach())
-    targets, _ = _matched_boxes(matched_gt, gt_boxes, ref)
+    targets, matched = _matched_boxes(matched_gt, gt_boxes, ref)
+    rows = matched.nonzero(as_tuple=True)  # the sum runs over the matched queries only
+    boxes = upcast(student_boxes.detach())[rows]
+    iou = aligned_box_iou(boxes, targets[rows].to(boxes.dtype), eps=torch.finfo(boxes.dtype).tiny)
+    logits = upcast(student)[rows].reshape(-1, 4, bins)
     with torch.no_grad():
-        distance = _edge_distances(ref, targets, reg_scale)
-        grid = dfine_weighting_function(bins - 1, up, reg_scale, dtype=distance.dtype, device=distance.device)
+        distance = _edge_distances(ref[rows][None], targets[rows][None], reg_scale)[0]  # (P, 4)
+        grid = _grid(bins - 1, float(up), float(reg_scale), distance.dtype, distance.device)
         index = (grid <= distance[..., None]).sum(dim=-1) - 1
         inside = (index >= 0) & (index < bins - 1)
         left = index.clamp(0, bins - 2)
@@ -316,11 +325,15 @@ def dfine_fgl_loss(
     log_q = torch.log_softmax(logits, dim=-1)
     ce_left = -log_q.gather(-1, left[..., None])[..., 0]
     ce_right = -log_q.gather(-1, left[..., None] + 1)[..., 0]
-    terms = ((1 - w_right) * ce_left + w_right * ce_right) * iou[..., None].to(logits.dtype)
-    terms = torch.where(matched[..., None], terms, terms * 0)
+    terms = ((1 - w_right) * ce_left + w_right * ce_right) * iou[:, None].to(logits.dtype)
+    guard = upcast(student.detach()).sum() * 0  # NaN anywhere in the student gives NaN, as a dense sum would
+    if reduction == "none":
+        dense = terms.new_zeros(n, q, 4).index_put(rows, terms)
+        return (dense + guard).to(student.dtype)
+    total = terms.sum() + guard
     if reduction == "mean":
-        return (terms.sum() / reduce_normaliser(matched.sum().to(terms.dtype)).clamp(min=1)).to(student.dtype)
-    return reduce_loss(terms, reduction).to(student.dtype)
+        total = total / reduce_normaliser(matched.sum().to(terms.dtype)).clamp(min=1)
+    return total.to(student.dtype)
 
 
 @register_loss("dfine_ddf", function=dfine_ddf_loss, distributed="count")
