@@ -36,6 +36,7 @@ from . import (
     pkd,
     rm_pfi,
     scalekd,
+    ssd_det,
     structural_kd,
     tadf,
     vild,
@@ -76,6 +77,7 @@ from .pgd import *  # noqa: F403
 from .pkd import *  # noqa: F403
 from .rm_pfi import *  # noqa: F403
 from .scalekd import *  # noqa: F403
+from .ssd_det import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
 from .vild import *  # noqa: F403
@@ -83,7 +85,8 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd, structural_kd,
+    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    ssd_det, structural_kd,
     tadf, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
