@@ -168,8 +168,9 @@ def gdetkd_contrastive_loss(
             overlap filter of negatives; ``None``: no filter (only the positive is left out).
         roi_mask: ``(N, R)`` bool, the real RoIs (others are neither anchors nor negatives); default:
             all.
-        memory: ``(M, D)`` teacher embeddings of earlier batches (negatives only, never filtered;
-            :class:`GDetKDMemory`), or ``None``.
+        memory: ``(M, D)`` L2-normalised teacher embeddings of earlier batches, used as given
+            (:class:`GDetKDMemory` stores them normalised, as todd's ``MemoryPool``); negatives only,
+            never filtered; or ``None``.
         temperature: :math:`\gamma` (todd: 0.07).
         iou_threshold: RoIs of one image overlapping more than this are not each other's negatives
             (todd: 0.5).
@@ -196,7 +197,8 @@ def gdetkd_contrastive_loss(
     Example:
         >>> import torch
         >>> s, t = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
-        >>> gdetkd_contrastive_loss(s, t, memory=torch.randn(30, 16)).shape
+        >>> memory = torch.nn.functional.normalize(torch.randn(30, 16), dim=-1)
+        >>> gdetkd_contrastive_loss(s, t, memory=memory).shape
         torch.Size([])
 
     Notes:
@@ -220,25 +222,30 @@ def gdetkd_contrastive_loss(
     valid = valid.to(student.device).reshape(-1)
     s = F.normalize(upcast(student).flatten(0, 1), dim=-1)
     t = F.normalize(upcast(teacher.detach()).flatten(0, 1).to(s.dtype), dim=-1)
-    keys = t
-    if memory is not None:
-        check_shape(memory, "memory", "M D")
-        keys = torch.cat([t, F.normalize(upcast(memory.detach()).to(s.dtype), dim=-1)])
-    logits = s @ keys.T / temperature  # (NR, NR + M): row i holds t_j . s_i / gamma
+    s = s / temperature  # scaling the (NR, D) rows, not the (NR, NR + M) logits
+    logits = s @ t.T  # (NR, NR): row i holds t_j . s_i / gamma
     positive = logits.diagonal()
     eye = torch.eye(n * r, dtype=torch.bool, device=s.device)
-    excluded = eye | ~valid[None, :]
+    allowed = ~eye & valid[None, :]
     if rois is not None:
         flat = boxes.to(s).reshape(n * r, 4)
         image = torch.arange(n, device=s.device).repeat_interleave(r)
-        excluded = excluded | ((image[:, None] == image[None, :]) & (box_iou(flat, flat) > iou_threshold))
-    allowed = torch.cat([~excluded, torch.ones(n * r, keys.shape[0] - n * r, dtype=torch.bool, device=s.device)], 1)
+        allowed = allowed & ~((image[:, None] == image[None, :]) & (box_iou(flat, flat) > iou_threshold))
     has_negative = allowed.any(dim=1)
     if positive_in_denominator:
-        allowed = allowed | torch.cat([eye, allowed[:, n * r:]], 1)
-    # a row without negatives keeps its positive so that logsumexp and its gradient stay finite
-    allowed = allowed | torch.cat([eye & ~has_negative[:, None], allowed[:, n * r:]], 1)
-    denominator = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
+        allowed = allowed | eye
+    # the batch's and the memory's terms of the denominator, each a logsumexp; a row with no allowed
+    # batch column sums over its positive instead and is then set to -inf (finite gradient, none used)
+    in_batch = allowed.any(dim=1)
+    safe = allowed | (eye & ~in_batch[:, None])
+    denominator = torch.logsumexp(logits.masked_fill(~safe, float("-inf")), dim=1)
+    denominator = torch.where(in_batch, denominator, torch.full_like(denominator, float("-inf")))
+    if memory is not None:
+        check_shape(memory, "memory", "M D")
+    if memory is not None and memory.shape[0] > 0:
+        memory_logits = s @ upcast(memory.detach()).to(s.dtype).T  # (NR, M)
+        denominator = torch.logaddexp(denominator, torch.logsumexp(memory_logits, dim=1))
+        has_negative = torch.ones_like(has_negative)
     loss = torch.where(valid & has_negative, denominator - positive, torch.zeros_like(positive))
     loss = loss.reshape(n, r)
     if reduction == "mean":

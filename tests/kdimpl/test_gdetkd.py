@@ -86,7 +86,7 @@ def _naive_contrastive(s, t, boxes, memory, gamma, threshold, with_positive):
     n, r, _ = s.shape
     s = F.normalize(s.reshape(n * r, -1), dim=-1)
     t = F.normalize(t.reshape(n * r, -1), dim=-1)
-    keys = torch.cat([t, F.normalize(memory, dim=-1)])
+    keys = torch.cat([t, memory])
     total = 0.0
     for i in range(n * r):
         denominator = 0.0
@@ -111,7 +111,7 @@ def test_contrastive_equals_naive_loop(with_positive):
     xy = torch.rand(2, 4, 2, generator=g, dtype=torch.float64) * 30
     boxes = torch.cat([xy, xy + 12], -1)
     boxes[:, 2] = boxes[:, 0] + 0.5
-    memory = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    memory = F.normalize(torch.randn(7, 6, generator=g, dtype=torch.float64), dim=-1)
     expected = _naive_contrastive(s, t, boxes, memory, 0.2, 0.5, with_positive)
     actual = gdetkd_contrastive_loss(s, t, boxes, memory=memory, temperature=0.2, positive_in_denominator=with_positive)
     torch.testing.assert_close(actual, expected)
@@ -213,3 +213,13 @@ def test_sgfi_twin_with_todds_softmax_axis_matches_todd():
     torch.testing.assert_close(weights.sum(1), torch.ones(3))  # todd: over the RoIs, not the levels
     with pytest.raises(ValueError, match="normalize_over"):
         GDetKDLevelAttention(8, normalize_over="batch")
+
+
+def test_contrastive_empty_memory_is_no_memory():
+    s = torch.randn(1, 1, 4, requires_grad=True)
+    t = torch.randn(1, 1, 4)
+    loss = gdetkd_contrastive_loss(s, t, memory=torch.zeros(0, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all()
+    only_memory = gdetkd_contrastive_loss(s, t, memory=torch.randn(3, 4))
+    assert only_memory.item() != 0.0

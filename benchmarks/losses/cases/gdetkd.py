@@ -34,7 +34,8 @@ def _make_contrastive(device, dtype, levels, gt_boxes, image_size):
     generator = torch.Generator().manual_seed(1)
     student = torch.randn(n, ROIS, DIM, generator=generator).to(device, dtype).requires_grad_(True)
     teacher = torch.randn(n, ROIS, DIM, generator=generator).to(device, dtype)
-    memory = torch.randn(10 * n * ROIS, DIM, generator=generator).to(device, dtype)
+    memory = torch.nn.functional.normalize(torch.randn(10 * n * ROIS, DIM, generator=generator), dim=-1)
+    memory = memory.to(device, dtype)
     xy = torch.rand(n, ROIS, 2, generator=generator) * torch.tensor([image_size[1], image_size[0]]) * 0.8
     wh = 16 + torch.rand(n, ROIS, 2, generator=generator) * 200
     rois = torch.cat([xy, xy + wh], dim=-1).to(device, dtype)

@@ -25,7 +25,7 @@ def _contrastive_inputs(generator, device, dtype, *, batch, height, width, num_b
     teacher = 0.5 * student + torch.randn(batch, ROIS, DIM, generator=generator)
     rois = random_boxes(generator, batch * ROIS, (height * 8, width * 8), device).reshape(batch, ROIS, 4)
     rois[:, 1] = rois[:, 0] + 1.0  # overlapping RoIs: not each other's negatives
-    memory = torch.randn(5, DIM, generator=generator)
+    memory = torch.nn.functional.normalize(torch.randn(5, DIM, generator=generator), dim=-1)
     return (student.to(device, dtype), teacher.to(device, dtype)), {
         "rois": rois, "memory": memory.to(device, dtype)}
 
