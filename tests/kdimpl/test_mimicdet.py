@@ -59,5 +59,15 @@ def test_checks_nan_and_empty():
     loss = mimicdet_loss(student, torch.randn(3, 4), torch.zeros(3, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and not student.grad.any()
-    # a zero feature has cosine 0
-    assert mimicdet_loss(torch.zeros(1, 3), torch.randn(1, 3)).item() == pytest.approx(1.0)
+    # a zero feature has cosine 0 and a finite gradient
+    zero = torch.zeros(1, 3, requires_grad=True)
+    loss = mimicdet_loss(zero, torch.randn(1, 3))
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0) and torch.isfinite(zero.grad).all()
+
+
+def test_matches_torch_cosine_similarity():
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 7, 9, generator=g), torch.randn(4, 7, 9, generator=g)
+    expected = 1 - torch.nn.functional.cosine_similarity(s, t, dim=-1)
+    torch.testing.assert_close(mimicdet_loss(s, t, reduction="none"), expected)
