@@ -143,20 +143,42 @@ def yolov6_dfl_loss(
         apply is lost; the factor is not reproduced. The official code fixes ``reg_max = 16``
         (``view(-1, 17)``); any ``R`` is accepted here. Pass all levels in one call: through
         :func:`kdimpl.multilevel_loss` each level would be averaged over its own foreground.
+        The equation is computed at every anchor (the reference form, used for ``reduction='none'``
+        and under ``torch.compile``); otherwise only the foreground anchors are gathered, as the
+        official code does, with the same value and gradient (tested). A NaN anywhere in the inputs
+        gives a NaN loss in both forms.
     """
     check_feature_pair(student, teacher, "N A C")
     check_shapes(student=(student, "N A C"), fg_mask=(fg_mask, "N A any"))
     check_options(temperature=temperature, reduction=reduction)
     if student.shape[-1] % 4:
         raise ValueError(f"student must have 4 * (reg_max + 1) channels (four edge distributions), got {student.shape[-1]}")
-    n, a, c = student.shape
-    edges = _soft_kl(student.reshape(n, a, 4, c // 4), teacher.reshape(n, a, 4, c // 4), temperature)
-    mask = fg_mask.detach().to(edges.dtype)[..., None]
-    terms = edges * mask
+    mask = fg_mask.detach().to(upcast(student).dtype)
+    # Benchmark (benchmarks.losses workload: 2 x 89523 anchors x 68 logits, 520 foreground anchors, 13 per box
+    # as TAL picks; fwd+bwd CPU time, one thread, one interleaved run): dense 363 ms, gathered 25 ms (official 137 ms).
+    dense = reduction == "none" or torch.compiler.is_compiling()
+    terms = (_dfl_terms if dense else _dfl_terms_at_foreground)(student, teacher, mask, temperature)
     if reduction != "mean":
         return reduce_loss(terms, reduction).to(student.dtype)
     count = reduce_normaliser(4 * mask.sum())
     return (terms.sum() / count.clamp(min=1)).to(student.dtype)
+
+
+def _dfl_terms(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """The ``(N, A, 4)`` per-edge terms of :func:`yolov6_dfl_loss` at every anchor, 0 off the foreground."""
+    n, a, c = student.shape
+    edges = _soft_kl(student.reshape(n, a, 4, c // 4), teacher.reshape(n, a, 4, c // 4), temperature)
+    return edges * mask[..., None]
+
+
+def _dfl_terms_at_foreground(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """:func:`_dfl_terms` computed on the foreground anchors only: their flat terms, then a zero that is NaN
+    when any input element is NaN (the dense form's NaN propagation)."""
+    rows = mask.nonzero(as_tuple=True)
+    c = student.shape[-1]
+    guard = (upcast(student.detach()).sum() + upcast(teacher.detach()).sum()) * 0
+    edges = _soft_kl(student[rows].reshape(-1, 4, c // 4), teacher[rows].reshape(-1, 4, c // 4), temperature)
+    return torch.cat([(edges * mask[rows][:, None]).flatten(), guard[None]])
 
 
 def yolov6_distill_weight(epoch: float, max_epoch: float, *, final_weight: float = 0.01) -> float:

@@ -136,3 +136,20 @@ def test_levels_in_one_line():
     per_level = multilevel_loss(YOLOv6DFLLoss(reduction="sum"), distri_s, distri_t, fg) / count
     torch.testing.assert_close(per_level, yolov6_dfl_loss(torch.cat(distri_s, 1), torch.cat(distri_t, 1), torch.cat(fg, 1)))
     assert not math.isclose(float(multilevel_loss(YOLOv6DFLLoss(), distri_s, distri_t, fg)), float(per_level))
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
+def test_gathered_dfl_form_equals_the_dense_reference(scale):
+    from kdimpl.losses import yolov6 as module
+
+    g = torch.Generator().manual_seed(5)
+    student = (scale * torch.randn(2, 40, 4 * 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    teacher = scale * torch.randn(2, 40, 4 * 6, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 40, generator=g) < 0.2).double()
+    dense = module._dfl_terms(student, teacher, mask, 3.0).sum()
+    gathered = module._dfl_terms_at_foreground(student, teacher, mask, 3.0).sum()
+    torch.testing.assert_close(gathered, dense, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(gathered, student)[0], torch.autograd.grad(dense, student)[0],
+                               rtol=1e-12, atol=1e-14)
+    # the dispatched loss ('mean' gathers, 'none' is dense) agrees with the reference's normalisation
+    torch.testing.assert_close(yolov6_dfl_loss(student, teacher, mask.bool(), temperature=3.0), dense / (4 * mask.sum()))

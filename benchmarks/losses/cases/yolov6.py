@@ -1,7 +1,7 @@
 """YOLOv6's distillation terms on the anchors of all five FPN levels concatenated (80 classes, reg_max 16).
 
-The foreground mask (a stand-in for the TAL assigner's) is the anchors whose cell centre lies inside a GT
-box, built once outside the timed closure.
+The foreground mask (a stand-in for the TAL assigner's ``topk=13``) is, for every GT box, the 13 anchors of
+any level whose cell centre lies inside the box closest to its centre, built once outside the timed closure.
 """
 
 from __future__ import annotations
@@ -26,15 +26,22 @@ def _anchors(device, dtype, levels, batch, channels, seed, sigmoid=False):
     return student.to(device, dtype).requires_grad_(True), teacher.to(device, dtype)
 
 
-def foreground(levels, gt_boxes, image_size, device):
-    """``(N, A)`` mask of the anchors whose cell centre lies inside some box."""
+def foreground(levels, gt_boxes, image_size, device, topk=13):
+    """``(N, A)`` mask: per box, the ``topk`` anchors (all levels) inside it whose cell centres are closest to its centre."""
     centres = []
     for height, width in levels:
         sy, sx = image_size[0] / height, image_size[1] / width
         ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
         centres.append(torch.stack([xs.flatten() * sx, ys.flatten() * sy], dim=1))
     points = torch.cat(centres).to(device)[:, None]  # (A, 1, 2)
-    masks = [((points >= b[None, :, :2]) & (points <= b[None, :, 2:])).all(-1).any(-1) for b in gt_boxes]
+    masks = []
+    for boxes in gt_boxes:
+        inside = ((points >= boxes[None, :, :2]) & (points <= boxes[None, :, 2:])).all(-1)  # (A, M)
+        distance = (points - (boxes[None, :, :2] + boxes[None, :, 2:]) / 2).norm(dim=-1).masked_fill(~inside, float("inf"))
+        nearest, index = distance.topk(topk, dim=0, largest=False)
+        mask = torch.zeros(points.shape[0], dtype=torch.bool, device=device)
+        mask[index[nearest.isfinite()]] = True
+        masks.append(mask)
     return torch.stack(masks)
 
 
