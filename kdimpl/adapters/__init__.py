@@ -14,6 +14,8 @@ from .lgd import LGDKnowledgeMapper, LGDRelationAdapter
 from .maskd import MasKDTokens
 from .mgd import MGDGenerator
 from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
+from .ssd_det import SSDDetIdentityHead
+from .unikd import UniKDKnowledgeExtractor, UniKDPredictionHead
 
 __all__ = [
     "ChannelAdapter",
@@ -23,6 +25,7 @@ __all__ = [
     "FKDStudentAdapter",
     "FRSAdapter",
     "FreeKDPrompts",
+    "SSDDetIdentityHead",
     "freekd_haar_dwt",
     "freekd_haar_idwt",
     "GDetKDLevelAttention",
@@ -36,4 +39,6 @@ __all__ = [
     "MultiScaleCrossAttention",
     "NonLocalBlock2d",
     "ScaleDecoupledFeature",
+    "UniKDKnowledgeExtractor",
+    "UniKDPredictionHead",
 ]

@@ -7,8 +7,9 @@ refiner with its own spatial estimates: spatial position self-distillation (SPSD
 stage (the noisy annotation, then the stage-I refined box), and the regressed proposals form the
 next bag; spatial identity self-distillation (SISD, :func:`ssd_det_sisd_loss`) predicts each
 proposal's IoU with the stage-I refined box, and that prediction re-weights the stage-II
-selection (:func:`ssd_det_selection_scores`, :func:`ssd_det_merge_boxes`). The refiner's RoI heads,
-bag sampler and MIL losses stay with the detector code.
+selection (:func:`ssd_det_selection_scores`, :func:`ssd_det_merge_boxes`); its head is
+:class:`kdimpl.SSDDetIdentityHead`. The refiner's RoI heads, bag sampler and MIL losses stay with the
+detector code.
 """
 
 from __future__ import annotations
@@ -225,9 +226,10 @@ def ssd_det_sisd_loss(
         \mathcal{L}_{SISD} = \frac{1}{G P} \sum_{g, p} \mathrm{SmoothL1}_\beta\big(U_{g,p},\;
             (\mathrm{IoU}(b_{g,p}, \hat b^*_g) - 0.5) / 0.5\big)
 
-    with :math:`U` the identity head's output for the stage-II proposals :math:`b_{g,p}` (two FC
-    layers of their own on the RoI features, the object-relevance enhancement
-    :math:`F^* = F + \frac{1}{P}\sum_p F_p` over the bag, and a linear layer) and :math:`\hat b^*`
+    with :math:`U` the identity head's output for the stage-II proposals :math:`b_{g,p}`
+    (:class:`kdimpl.SSDDetIdentityHead`: two FC layers of its own on the RoI features, the
+    object-relevance enhancement :math:`F^* = F + \frac{1}{P}\sum_p F_p` over the bag, and a linear
+    layer) and :math:`\hat b^*`
     the stage-I refined box. :func:`ssd_det_selection_scores` turns :math:`U` into selection weights.
 
     Args:

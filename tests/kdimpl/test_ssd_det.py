@@ -156,3 +156,21 @@ def test_nan_in_nan_out_and_no_objects():
     # a zero-size target box gives finite (large) deltas rather than log(0)
     flat = ssd_det_spsd_loss(torch.zeros(1, 1, 4), torch.tensor([[5.0, 5.0, 5.0, 5.0]]), proposals)
     assert torch.isfinite(flat)
+
+
+@pytest.mark.parity
+def test_identity_head_matches_official():
+    from kdimpl import SSDDetIdentityHead
+
+    official = torch.load(FIXTURE.with_name("official_ssd_det_head.pt"), weights_only=True)
+    head = SSDDetIdentityHead(8 * 7 * 7, 16)
+    for ours, theirs in ((head.fcs[0], "0."), (head.fcs[2], "1.")):
+        ours.load_state_dict({k[2:]: v for k, v in official["fcs"].items() if k.startswith(theirs)})
+    head.fc_iou.load_state_dict(official["fc_iou"])
+    features = official["feats"].reshape(3, 4, 8, 7, 7).clone().requires_grad_(True)
+    scores = head(features)
+    (scores * official["weights"][..., 0]).sum().backward()
+    torch.testing.assert_close(scores.detach(), official["iou_score"][..., 0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(features.grad.reshape(12, 8, 7, 7), official["grad_feats"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(head.fcs[0].weight.grad, official["grad_fc0"], rtol=1e-6, atol=1e-9)
+    assert scores.shape == (3, 4)
