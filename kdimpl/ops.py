@@ -6,7 +6,7 @@ Boxes are ``x1, y1, x2, y2`` in pixels of the input tensor whose ``(height, widt
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -283,8 +283,7 @@ def detr_match_cost(
         dtype = torch.promote_types(logits.dtype, torch.float32)
         z, q = logits.to(dtype), target_probs.to(dtype)
         if class_cost == "bce":
-            pos = F.binary_cross_entropy_with_logits(z, torch.ones_like(z), reduction="none")
-            neg = F.binary_cross_entropy_with_logits(z, torch.zeros_like(z), reduction="none")
+            pos, neg = F.softplus(-z), F.softplus(z)  # BCE(z, 1) and BCE(z, 0)
             cls = pos @ q.transpose(1, 2) + neg @ (1 - q).transpose(1, 2)
         elif class_cost == "focal":
             p = z.sigmoid()
@@ -294,7 +293,7 @@ def detr_match_cost(
         else:
             raise ValueError(f"class_cost must be 'bce' or 'focal', got {class_cost!r}")
         b, t = boxes.to(dtype), target_boxes.to(dtype)
-        l1 = (b[:, :, None, :] - t[:, None, :, :]).abs().sum(dim=-1)
+        l1 = torch.cdist(b, t, p=1)
         giou = aligned_box_iou(box_cxcywh_to_xyxy(b)[:, :, None], box_cxcywh_to_xyxy(t)[:, None], generalized=True)
         return class_weight * cls + l1_weight * l1 - giou_weight * giou
 

@@ -83,9 +83,10 @@ def d3etr_match(
     )
     with torch.no_grad():
         z_s = upcast(student_logits.detach())
-        cost = detr_match_cost(z_s, student_boxes.detach().to(z_s.dtype), teacher_logits.detach().to(z_s.dtype).sigmoid(),
-                               teacher_boxes.detach().to(z_s.dtype), class_cost="bce", class_weight=class_weight,
-                               l1_weight=l1_weight, giou_weight=giou_weight)
+        q_t = teacher_logits.detach().to(z_s.dtype).sigmoid()
+        cost = detr_match_cost(z_s, student_boxes.detach().to(z_s.dtype), q_t, teacher_boxes.detach().to(z_s.dtype),
+                               class_cost="bce", class_weight=class_weight, l1_weight=l1_weight,
+                               giou_weight=giou_weight)
         return hungarian_match(cost)
 
 
@@ -131,8 +132,9 @@ def d3etr_pred_loss(
         l1_weight: :math:`\lambda_{L1}`.
         giou_weight: :math:`\lambda_{GIoU}`.
         reduction: ``'mean'`` (default) applies the paper's own normalisation as assumed here
-            (unverified): the sum divided by the number of pairs :math:`N_m` (at least 1); use ``reduction='none'`` and ``.mean()`` for the
-            mean over student queries; ``'sum'``: the sum; ``'none'``: the ``(N, Q)`` per-query terms.
+            (unverified): the sum divided by the number of pairs :math:`N_m` (at least 1); use
+            ``reduction='none'`` and ``.mean()`` for the mean over student queries; ``'sum'``: the
+            sum; ``'none'``: the ``(N, Q)`` per-query terms.
 
     Shape:
         - student_logits: :math:`(N, Q, K)`; teacher_logits: :math:`(N, T, K)`
@@ -250,8 +252,8 @@ def d3etr_self_attention_loss(
         match: :math:`\pi`, ``(N, Q)`` long from :func:`d3etr_match`; it must pair every query (the
             same number of queries on both sides); ``None``: Fixed Matching (identity).
         reduction: ``'mean'`` (default) applies the paper's own normalisation as assumed here
-            (unverified): the KL summed over keys, averaged over heads and paired queries; ``'sum'``: the sum; ``'none'``: the
-            ``(N, H, Q)`` per-row divergences.
+            (unverified): the KL summed over keys, averaged over heads and paired queries;
+            ``'sum'``: the sum; ``'none'``: the ``(N, H, Q)`` per-row divergences.
 
     Shape:
         - student_attention, teacher_attention: :math:`(N, H, Q, Q)`; match: :math:`(N, Q)`
@@ -312,8 +314,8 @@ def d3etr_cross_attention_loss(
         match: :math:`\pi`, ``(N, Q)`` long from :func:`d3etr_match` (``-1``: unpaired, skipped);
             ``None``: Fixed Matching (identity).
         reduction: ``'mean'`` (default) applies the paper's own normalisation as assumed here
-            (unverified): the KL summed over keys, averaged over heads and paired queries; ``'sum'``: the sum; ``'none'``: the
-            ``(N, H, Q)`` per-row divergences.
+            (unverified): the KL summed over keys, averaged over heads and paired queries;
+            ``'sum'``: the sum; ``'none'``: the ``(N, H, Q)`` per-row divergences.
 
     Shape:
         - student_attention: :math:`(N, H, Q, S)`; teacher_attention: :math:`(N, H, T, S)`;

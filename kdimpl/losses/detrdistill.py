@@ -18,7 +18,7 @@ the per-level encoder inputs (FPN features). Boxes predicted by the decoders are
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,8 @@ def detrdistill_pred_loss(
     matching (:func:`kdimpl.ops.hungarian_match`) with the cost
 
     .. math::
-        C_{st} = \lambda_{cls} \sum_c \big[q_{tc}\,\mathrm{BCE}(z^S_{sc}, 1) + (1 - q_{tc})\,\mathrm{BCE}(z^S_{sc}, 0)\big]
+        C_{st} = \lambda_{cls} \sum_c \big[q_{tc}\,\mathrm{BCE}(z^S_{sc}, 1)
+            + (1 - q_{tc})\,\mathrm{BCE}(z^S_{sc}, 0)\big]
             + \lambda_{L1} \lVert b_s - \hat b_t \rVert_1 - \lambda_{GIoU}\,\mathrm{GIoU}(b_s, \hat b_t)
 
     and the loss of the matched pairs :math:`\pi` is
@@ -301,7 +302,8 @@ def detrdistill_feature_loss(
     Notes:
         The sum over kept pairs is taken before the inner product with the features
         (:math:`\langle \sum_n w_n \hat h_n, \hat F \rangle`, the same by linearity, one
-        ``C``-vector per image instead of a ``k x H x W`` map). The official distiller also adds a
+        ``C``-vector per image instead of a ``k x H x W`` map), and the feature norm divides
+        the inner product instead of a normalised copy of the map. The official distiller also adds a
         MoCo-style contrastive loss between matched student and teacher queries into the same
         per-stage term; it is not part of the paper's method and not implemented here.
     """
@@ -321,14 +323,15 @@ def detrdistill_feature_loss(
     with torch.no_grad():
         queries = F.normalize(_gather_rows(teacher_queries.detach().to(s.dtype), index), dim=-1)
         guide = (weight.to(s.dtype)[..., None] * queries).sum(dim=1)  # (N, C)
-        mask = (guide[:, :, None, None] * F.normalize(t, dim=1)).sum(dim=1).clamp(min=0.01)
+        # <guide, t / max(|t|, 1e-12)> as F.normalize, without a normalised copy of the feature map
+        norm = torch.linalg.vector_norm(t, dim=1).clamp(min=1e-12)
+        mask = (torch.einsum("nc,nchw->nhw", guide, t) / norm).clamp(min=0.01)
         mask = (mask / mask.flatten(1).amax(dim=1)[:, None, None])[:, None]
-    terms = (mask * t - mask * s).pow(2)
     if reduction == "none":
-        return terms.to(student.dtype)
-    total = terms.sum()
+        return F.mse_loss(mask * s, mask * t, reduction="none").to(student.dtype)
+    total = F.mse_loss(mask * s, mask * t, reduction="sum")
     if reduction == "mean":
-        total = total / max(terms.numel(), 1)
+        total = total / max(s.numel(), 1)
     return total.to(student.dtype)
 
 

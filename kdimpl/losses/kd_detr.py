@@ -162,7 +162,8 @@ def kd_detr_loss(
     l1 = (b_s - b_t).abs().mean(dim=-1)
     giou = 1 - aligned_box_iou(box_cxcywh_to_xyxy(b_s), box_cxcywh_to_xyxy(b_t), generalized=True)
     if reduction == "mean":
-        box = (weight * (l1_weight * l1 + giou_weight * giou)).sum() / weight.sum().clamp(min=torch.finfo(z_s.dtype).tiny)
+        weights = weight.sum().clamp(min=torch.finfo(z_s.dtype).tiny)
+        box = (weight * (l1_weight * l1 + giou_weight * giou)).sum() / weights
         return (class_weight * (weight * cls).sum() + box).to(student_logits.dtype)
     terms = weight * (class_weight * cls + l1_weight * l1 + giou_weight * giou)
     return (terms if reduction == "none" else terms.sum()).to(student_logits.dtype)

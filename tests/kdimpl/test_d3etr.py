@@ -7,16 +7,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
-from kdimpl import D3ETRCrossAttentionLoss, MultiLevelLoss, multilevel_loss  # noqa: E402
-from kdimpl.losses.d3etr import (  # noqa: E402
+from kdimpl import D3ETRCrossAttentionLoss, MultiLevelLoss, multilevel_loss
+from kdimpl.losses.d3etr import (
     d3etr_cross_attention_loss,
     d3etr_match,
     d3etr_pred_loss,
     d3etr_self_attention_loss,
 )
-from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy  # noqa: E402
+from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy
 
 
 def _outputs(seed, batch=2, queries=5, classes=3, dtype=torch.float32):
@@ -82,7 +82,8 @@ def test_pred_loss_equals_a_loop_over_pairs():
             total = total - (target * p.log() + (1 - target) * (1 - p).log()).sum()
             if t >= 0:
                 pairs += 1
-                giou = aligned_box_iou(box_cxcywh_to_xyxy(s_boxes[i, s]), box_cxcywh_to_xyxy(t_boxes[i, t]), generalized=True)
+                giou = aligned_box_iou(box_cxcywh_to_xyxy(s_boxes[i, s]), box_cxcywh_to_xyxy(t_boxes[i, t]),
+                                       generalized=True)
                 total = total + 5 * (s_boxes[i, s] - t_boxes[i, t]).abs().sum() + 2 * (1 - giou)
     torch.testing.assert_close(d3etr_pred_loss(s_logits, t_logits, s_boxes, t_boxes, match), total / pairs)
 
@@ -156,7 +157,8 @@ def test_teacher_inputs_get_no_gradient():
     t_logits.requires_grad_(True), t_boxes.requires_grad_(True)
     match = d3etr_match(s_logits, t_logits, s_boxes, t_boxes)
     s_attn, t_attn = torch.randn(2, 2, 5, 5, requires_grad=True), torch.randn(2, 2, 5, 5, requires_grad=True)
-    loss = (d3etr_pred_loss(s_logits, t_logits, s_boxes, t_boxes, match) + d3etr_self_attention_loss(s_attn, t_attn, match)
+    loss = (d3etr_pred_loss(s_logits, t_logits, s_boxes, t_boxes, match)
+            + d3etr_self_attention_loss(s_attn, t_attn, match)
             + d3etr_cross_attention_loss(s_attn, t_attn, match))
     loss.backward()
     assert t_logits.grad is None and t_boxes.grad is None and t_attn.grad is None

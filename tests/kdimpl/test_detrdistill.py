@@ -11,14 +11,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
-from kdimpl import DETRDistillFeatureLoss, MultiLevelLoss, multilevel_loss  # noqa: E402
-from kdimpl.losses.detrdistill import (  # noqa: E402
+from kdimpl import DETRDistillFeatureLoss, MultiLevelLoss, multilevel_loss
+from kdimpl.losses.detrdistill import (
     detrdistill_feature_loss,
     detrdistill_group_loss,
     detrdistill_pred_loss,
     detrdistill_query_weights,
 )
-from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match  # noqa: E402
+from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match
 
 FIXTURE = Path(__file__).parent / "fixtures" / "detrdistill" / "official_detrdistill.pt"
 
@@ -71,9 +71,14 @@ def test_group_loss_matches_official(official, layer):
 def test_feature_loss_matches_official(official, stage):
     expected = official["feature"][stage]
     students = [s.clone().requires_grad_(True) for s in official["student_features"]]
-    options = dict(teacher_queries=official["teacher_queries"][stage], teacher_logits=official["teacher_logits"][stage],
-                   teacher_boxes=official["teacher_boxes"][stage], gt_boxes=official["gt_boxes"],
-                   image_size=official["image_size"], top_k=official["top_k"])
+    options = {
+        "teacher_queries": official["teacher_queries"][stage],
+        "teacher_logits": official["teacher_logits"][stage],
+        "teacher_boxes": official["teacher_boxes"][stage],
+        "gt_boxes": official["gt_boxes"],
+        "image_size": official["image_size"],
+        "top_k": official["top_k"],
+    }
     loss = multilevel_loss(detrdistill_feature_loss, students, official["teacher_features"], **options)
     grads = torch.autograd.grad(loss, students)
     torch.testing.assert_close(loss.detach(), expected["total"], rtol=1e-5, atol=1e-7)
@@ -135,7 +140,8 @@ def test_match_cost_equals_its_formula():
             z, q = logits[0, p], probs[0, m]
             bce = -(q * torch.log(torch.sigmoid(z)) + (1 - q) * torch.log(1 - torch.sigmoid(z))).sum()
             l1 = (boxes[0, p] - target_boxes[0, m]).abs().sum()
-            giou = aligned_box_iou(box_cxcywh_to_xyxy(boxes[0, p]), box_cxcywh_to_xyxy(target_boxes[0, m]), generalized=True)
+            giou = aligned_box_iou(box_cxcywh_to_xyxy(boxes[0, p]), box_cxcywh_to_xyxy(target_boxes[0, m]),
+                                   generalized=True)
             torch.testing.assert_close(cost[0, p, m], bce + 5 * l1 - 2 * giou, rtol=1e-5, atol=1e-5)
 
 
@@ -213,9 +219,9 @@ def test_feature_loss_over_three_levels_with_boxes_given_once():
     sizes = [(16, 24), (8, 12), (4, 6)]
     students = [torch.randn(2, 8, h, w, generator=generator) for h, w in sizes]
     teachers = [torch.randn(2, 8, h, w, generator=generator) for h, w in sizes]
-    shared = dict(teacher_queries=torch.randn(2, 6, 8, generator=generator),
-                  teacher_logits=torch.randn(2, 6, 3, generator=generator), teacher_boxes=_boxes(generator, 2, 6),
-                  gt_boxes=[torch.tensor([[4.0, 4.0, 60.0, 40.0]]), torch.zeros(0, 4)], image_size=(128, 192))
+    shared = {"teacher_queries": torch.randn(2, 6, 8, generator=generator),
+                  "teacher_logits": torch.randn(2, 6, 3, generator=generator), "teacher_boxes": _boxes(generator, 2, 6),
+                  "gt_boxes": [torch.tensor([[4.0, 4.0, 60.0, 40.0]]), torch.zeros(0, 4)], "image_size": (128, 192)}
     total = multilevel_loss(detrdistill_feature_loss, students, teachers, **shared)
     torch.testing.assert_close(total, sum(detrdistill_feature_loss(s, t, **shared) for s, t in zip(students, teachers)))
     module = MultiLevelLoss([DETRDistillFeatureLoss() for _ in sizes])
@@ -233,8 +239,8 @@ def test_teacher_inputs_get_no_gradient():
     s_logits = torch.randn(2, 6, 3, generator=generator, requires_grad=True)
     s_boxes = _boxes(generator, 2, 6).requires_grad_(True)
     loss = loss + detrdistill_pred_loss(s_logits, t_logits, s_boxes, t_boxes)
-    loss = loss + detrdistill_group_loss(s_logits, t_logits, s_boxes, t_boxes, [torch.tensor([[1.0, 2.0, 30.0, 20.0]])] * 2,
-                                         [torch.tensor([1])] * 2, (40, 56))
+    gt = [torch.tensor([[1.0, 2.0, 30.0, 20.0]])] * 2
+    loss = loss + detrdistill_group_loss(s_logits, t_logits, s_boxes, t_boxes, gt, [torch.tensor([1])] * 2, (40, 56))
     loss.backward()
     assert t_queries.grad is None and t_logits.grad is None and t_boxes.grad is None
     assert student.grad.abs().sum() > 0 and s_logits.grad.abs().sum() > 0 and s_boxes.grad.abs().sum() > 0
@@ -252,22 +258,25 @@ def test_group_loss_nan_teacher_gives_nan():
 
 def _group_args():
     logits, boxes = torch.randn(2, 4, 3), _boxes(torch.Generator().manual_seed(0), 2, 4)
-    return [logits, logits.clone(), boxes, boxes.clone()], dict(
-        gt_boxes=[torch.tensor([[1.0, 2.0, 30.0, 20.0]])] * 2, gt_labels=[torch.tensor([1])] * 2, image_size=(40, 56))
+    return [logits, logits.clone(), boxes, boxes.clone()], {
+        "gt_boxes": [torch.tensor([[1.0, 2.0, 30.0, 20.0]])] * 2,
+        "gt_labels": [torch.tensor([1])] * 2,
+        "image_size": (40, 56),
+    }
 
 
 @pytest.mark.parametrize(
     "change,error,match",
     [
-        (dict(gt_boxes=[torch.tensor([[1.0, 2.0, float("nan"), 20.0]])] * 2), ValueError, "non-finite"),
-        (dict(gt_boxes=[torch.tensor([[30.0, 2.0, 1.0, 20.0]])] * 2), ValueError, "x2 < x1"),
-        (dict(gt_boxes=[torch.tensor([[1.0, 2.0, 30.0, 20.0]])]), ValueError, "batch size"),
-        (dict(image_size=(0, 56)), ValueError, "image_size"),
-        (dict(image_size=(float("inf"), 56)), ValueError, "image_size"),
-        (dict(gt_labels=[torch.tensor([3])] * 2), ValueError, "gt_labels"),
-        (dict(gt_labels=[torch.tensor([1.0])] * 2), TypeError, "gt_labels"),
-        (dict(gt_labels=[torch.tensor([1, 2])] * 2), ValueError, "one label per box"),
-        (dict(gt_labels=[torch.tensor([1])]), ValueError, "one label per box"),
+        ({"gt_boxes": [torch.tensor([[1.0, 2.0, float("nan"), 20.0]])] * 2}, ValueError, "non-finite"),
+        ({"gt_boxes": [torch.tensor([[30.0, 2.0, 1.0, 20.0]])] * 2}, ValueError, "x2 < x1"),
+        ({"gt_boxes": [torch.tensor([[1.0, 2.0, 30.0, 20.0]])]}, ValueError, "batch size"),
+        ({"image_size": (0, 56)}, ValueError, "image_size"),
+        ({"image_size": (float("inf"), 56)}, ValueError, "image_size"),
+        ({"gt_labels": [torch.tensor([3])] * 2}, ValueError, "gt_labels"),
+        ({"gt_labels": [torch.tensor([1.0])] * 2}, TypeError, "gt_labels"),
+        ({"gt_labels": [torch.tensor([1, 2])] * 2}, ValueError, "one label per box"),
+        ({"gt_labels": [torch.tensor([1])]}, ValueError, "one label per box"),
     ],
 )
 def test_group_loss_checks_its_inputs(change, error, match):

@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdimpl import KDDETRLoss, MultiLevelLoss, multilevel_loss  # noqa: E402
-from kdimpl.losses.kd_detr import kd_detr_logits_loss, kd_detr_loss, kd_detr_sample_points  # noqa: E402
-from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy  # noqa: E402
+from kdimpl import KDDETRLoss, MultiLevelLoss, multilevel_loss
+from kdimpl.losses.kd_detr import kd_detr_logits_loss, kd_detr_loss, kd_detr_sample_points
+from kdimpl.ops import aligned_box_iou, box_cxcywh_to_xyxy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kd_detr" / "official_kd_detr.pt"
 
@@ -51,7 +51,8 @@ def test_logits_branch_matches_official(official):
     logits = data["student_logits"].clone().requires_grad_(True)
     boxes = data["student_boxes"].clone().requires_grad_(True)
     loss = multilevel_loss(kd_detr_logits_loss, list(logits), list(data["teacher_logits"]), list(boxes),
-                           list(data["teacher_boxes"]), list(official["student_match"]), list(official["teacher_match"]))
+                           list(data["teacher_boxes"]), list(official["student_match"]),
+                           list(official["teacher_match"]))
     grad_logits, grad_boxes = torch.autograd.grad(loss, [logits, boxes])
     torch.testing.assert_close(loss.detach(), expected["total"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_logits, expected["grad_student_logits"], rtol=1e-4, atol=1e-6)
@@ -95,7 +96,8 @@ def test_point_loss_equals_a_loop_over_points():
             p_t = torch.softmax(t_logits[i, p] / temperature, dim=0)
             p_s = torch.softmax(s_logits[i, p] / temperature, dim=0)
             cls = cls + w * (p_t * (p_t.log() - p_s.log())).mean() * temperature**2
-            giou = aligned_box_iou(box_cxcywh_to_xyxy(s_boxes[i, p]), box_cxcywh_to_xyxy(t_boxes[i, p]), generalized=True)
+            giou = aligned_box_iou(box_cxcywh_to_xyxy(s_boxes[i, p]), box_cxcywh_to_xyxy(t_boxes[i, p]),
+                                   generalized=True)
             box = box + w * (5 * (s_boxes[i, p] - t_boxes[i, p]).abs().mean() + 2 * (1 - giou))
             weights = weights + w
     loss = kd_detr_loss(s_logits, t_logits, s_boxes, t_boxes, temperature=temperature)
@@ -106,7 +108,7 @@ def test_point_loss_equals_a_loop_over_points():
 
 def test_box_terms_cancel_the_weights_and_the_class_term_does_not():
     # two points, teacher confidences 0.9 and 0.1, the same box error e on every coordinate
-    logit = lambda p: torch.log(torch.tensor(p / (1 - p)))  # noqa: E731
+    logit = lambda p: torch.log(torch.tensor(p / (1 - p)))
     # the same gap between the two classes: the same softmax, different sigmoid confidences
     t_logits = torch.stack([torch.stack([logit(0.9), logit(0.9) - 3]), torch.stack([logit(0.1), logit(0.1) - 3])])[None]
     s_logits = t_logits.clone()
@@ -157,7 +159,7 @@ def test_sample_points_draws_standard_normal_anchors_from_rng():
 
 
 def test_sample_points_follows_the_anchors_dtype():
-    specific, general = kd_detr_sample_points(torch.randn(10, 4, dtype=torch.float64), 5)
+    _specific, general = kd_detr_sample_points(torch.randn(10, 4, dtype=torch.float64), 5)
     assert general.dtype == torch.float64 and general.shape == (5, 4)
 
 

@@ -19,9 +19,11 @@ def _outputs(device, dtype, batch, points, seed):
     generator = torch.Generator().manual_seed(seed)
     s_logits, s_boxes = [], []
     for _ in range(LAYERS):
-        s_logits.append((torch.randn(batch, points, CLASSES, generator=generator) - 4).to(device, dtype).requires_grad_(True))
+        logits = torch.randn(batch, points, CLASSES, generator=generator) - 4
         raw = torch.randn(batch, points, 4, generator=generator)
-        s_boxes.append(torch.cat([raw[..., :2].sigmoid(), 0.02 + 0.4 * raw[..., 2:].sigmoid()], -1).to(device, dtype).requires_grad_(True))
+        boxes = torch.cat([raw[..., :2].sigmoid(), 0.02 + 0.4 * raw[..., 2:].sigmoid()], -1)
+        s_logits.append(logits.to(device, dtype).requires_grad_(True))
+        s_boxes.append(boxes.to(device, dtype).requires_grad_(True))
     t_logits = [(torch.randn(batch, points, CLASSES, generator=generator) - 4).to(device, dtype) for _ in range(LAYERS)]
     raw = torch.randn(LAYERS, batch, points, 4, generator=generator)
     t_boxes = list(torch.cat([raw[..., :2].sigmoid(), 0.02 + 0.4 * raw[..., 2:].sigmoid()], -1).to(device, dtype))

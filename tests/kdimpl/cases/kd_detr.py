@@ -18,9 +18,11 @@ def _point_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
 
 
 def _logits_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
-    s_match = torch.stack([torch.randperm(POINTS, generator=generator)[:3] for _ in range(batch)] or [torch.zeros(0, 3)])
-    t_match = torch.stack([torch.randperm(POINTS, generator=generator)[:3] for _ in range(batch)] or [torch.zeros(0, 3)])
-    s_match, t_match = s_match.reshape(batch, 3).long(), t_match.reshape(batch, 3).long()
+    def draw():
+        rows = [torch.randperm(POINTS, generator=generator)[:3] for _ in range(batch)]
+        return torch.stack(rows or [torch.zeros(0, 3)]).reshape(batch, 3).long()
+
+    s_match, t_match = draw(), draw()
     if batch:
         s_match[0, -1] = t_match[0, -1] = -1  # one padding slot
     args = _outputs(generator, device, dtype, batch)
