@@ -31,7 +31,7 @@ from .._registry import register_loss
 from ..masks import image_hw, pad_boxes
 from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, box_iou, detr_match_cost, hungarian_match
 
-__all__: list[str] = []
+__all__ = ["detrdistill_query_weights"]
 
 
 def _xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
@@ -217,6 +217,12 @@ def detrdistill_query_weights(
     Returns:
         ``(index, weight)``: ``(N, k)`` query indices and their ``(N, k)`` weights :math:`w_n`,
         ``k = min(top_k, Q K)``, without gradient.
+
+    Example:
+        >>> import torch
+        >>> logits, boxes = torch.tensor([[[3.0, -5.0], [-5.0, -5.0]]]), torch.tensor([[[0.25, 0.25, 0.5, 0.5]] * 2])
+        >>> detrdistill_query_weights(logits, boxes, [torch.tensor([[0.0, 0.0, 50.0, 100.0]])], (100, 100), top_k=1)
+        (tensor([[0]]), tensor([[0.4763]]))
     """
     with torch.no_grad():
         n, q, k = teacher_logits.shape
@@ -314,7 +320,7 @@ def detrdistill_feature_loss(
         teacher_logits=(teacher_logits, "N Q K"),
         teacher_boxes=(teacher_boxes, "N Q 4"),
     )
-    check_image_size(image_size, student.shape[0])
+    check_image_size(image_size, student.shape[0], student)
     check_options(reduction=reduction)
     s = upcast(student)
     t = upcast(teacher.detach()).to(s.dtype)

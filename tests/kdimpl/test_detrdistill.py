@@ -294,6 +294,8 @@ def test_feature_loss_checks_boxes_and_shapes():
         detrdistill_feature_loss(*args[:2], torch.randn(2, 6, 4), *args[3:], [torch.zeros(0, 4)] * 2, (40, 56))
     with pytest.raises(ValueError, match="image_size"):
         detrdistill_feature_loss(*args, [torch.zeros(0, 4)] * 2, (-1, 56))
+    with pytest.raises(ValueError, match="width, height"):
+        detrdistill_feature_loss(*args, [torch.zeros(0, 4)] * 2, (56, 40))
 
 
 def test_pred_loss_checks_shapes():
