@@ -39,6 +39,7 @@ from . import (
     ssd_det,
     structural_kd,
     tadf,
+    unikd,
     vild,
     yolov6,
 )
@@ -80,6 +81,7 @@ from .scalekd import *  # noqa: F403
 from .ssd_det import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
+from .unikd import *  # noqa: F403
 from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
@@ -87,6 +89,6 @@ _MODULES = (
     baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, drkd, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
     gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
-    tadf, vild, yolov6,
+    tadf, unikd, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
