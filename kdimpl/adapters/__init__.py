@@ -10,7 +10,7 @@ from .freekd import FreeKDPrompts, freekd_haar_dwt, freekd_haar_idwt
 from .frs import FRSAdapter
 from .gdetkd import GDetKDLevelAttention
 from .labelenc import LabelEncAdapter
-from .lgd import LGDKnowledgeMapper, LGDRelationAdapter
+from .lgd import LGDKnowledgeMapper, LGDLabelEncoder, LGDRelationAdapter
 from .maskd import MasKDTokens
 from .mgd import MGDGenerator
 from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
@@ -33,6 +33,7 @@ __all__ = [
     "InstanceRelation",
     "LabelEncAdapter",
     "LGDKnowledgeMapper",
+    "LGDLabelEncoder",
     "LGDRelationAdapter",
     "MasKDTokens",
     "MGDGenerator",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LGDKnowledgeMapper", "LGDRelationAdapter", "lgd_mask_pool"]
+__all__ = ["LGDKnowledgeMapper", "LGDLabelEncoder", "LGDPointTransform", "LGDRelationAdapter", "lgd_mask_pool"]
 
 
 def lgd_mask_pool(features: Tensor, masks: Tensor) -> Tensor:
@@ -124,3 +124,85 @@ class LGDKnowledgeMapper(nn.Module):
         if context is not None:
             painted = painted + self.context_proj(context)[..., None, None]
         return self.refine(F.relu(painted))
+
+
+def _normalised(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``ReLU(LayerNorm(layer(x)))`` with the normalisation over the features and no affine parameters."""
+    out = layer(x)
+    return F.relu(F.layer_norm(out, out.shape[-1:]))
+
+
+class LGDPointTransform(nn.Module):
+    r"""A learned ``k x k`` transform per object (a spatial transformer as in PointNet, without the identity shortcut).
+
+    Three per-object layers (``k -> 64 -> 128 -> 1024``) and three FC layers (``1024 -> 512 -> 256 -> k^2``),
+    each but the last followed by a LayerNorm without affine parameters and a ReLU; the output is
+    reshaped to ``(k, k)`` and multiplies the object's vector from the right. The official ``STN``
+    (megvii-research/LGD@e03357d, ``spatial_transformer.py``) writes the per-object layers as 1x1
+    ``Conv1d``; their weights load here after dropping the last axis.
+
+    Args:
+        features: ``k``.
+
+    Example:
+        >>> import torch
+        >>> LGDPointTransform(6)(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.mlp1, self.mlp2, self.mlp3 = nn.Linear(features, 64), nn.Linear(64, 128), nn.Linear(128, 1024)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(1024, 512), nn.Linear(512, 256), nn.Linear(256, features * features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = _normalised(self.mlp3, _normalised(self.mlp2, _normalised(self.mlp1, x)))
+        hidden = _normalised(self.fc2, _normalised(self.fc1, hidden))
+        transform = self.fc3(hidden).unflatten(-1, (self.features, self.features))
+        return (x.unsqueeze(-2) @ transform).squeeze(-2)
+
+
+class LGDLabelEncoder(nn.Module):
+    r"""LGD's label encoder: a PointNet over each image's box descriptors, giving one label embedding per object.
+
+    .. math::
+        h_i = \phi_1(\mathcal{T}_1(d_i)), \quad l_i = \mathcal{T}_2(h_i), \quad
+        g = \max_{j \in \text{image}} \phi_3(\phi_2(l_j)), \quad e_i = \phi_4([l_i, g])
+
+    with descriptors :math:`d_i` (:func:`kdimpl.losses.lgd.lgd_label_descriptors`), learned transforms
+    :math:`\mathcal{T}` (:class:`LGDPointTransform`), per-object layers :math:`\phi` (``k -> 64``,
+    ``64 -> 128``, ``128 -> 1024``, ``1088 -> C``, each with a LayerNorm without affine parameters and
+    a ReLU) and a max over the objects of the image. The official ``LabelEncoder``
+    (``label_encoder.py``, one-hot classes, no noise, one repetition) writes the layers as 1x1 ``Conv1d``.
+
+    Args:
+        num_classes: foreground classes ``K`` of the one-hot part (80 on COCO); ``k = 4 + K``.
+        channels: embedding width ``C`` (256).
+
+    Shape:
+        - forward(descriptors :math:`(N, M, 4 + K)`, valid :math:`(N, M)`) -> :math:`(N, M, C)`;
+          padding slots are zeros and do not enter the image's max.
+
+    Example:
+        >>> import torch
+        >>> encoder = LGDLabelEncoder(num_classes=3, channels=16)
+        >>> encoder(torch.rand(2, 5, 7) * 2 - 1, torch.ones(2, 5, dtype=torch.bool)).shape
+        torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, num_classes: int = 80, channels: int = 256) -> None:
+        super().__init__()
+        features = 4 + num_classes
+        self.descriptor_transform = LGDPointTransform(features)
+        self.feature_transform = LGDPointTransform(64)
+        self.local1, self.local2, self.local3 = nn.Linear(features, 64), nn.Linear(64, 128), nn.Linear(128, 1024)
+        self.fuse = nn.Linear(64 + 1024, channels)
+
+    def forward(self, descriptors: Tensor, valid: Tensor) -> Tensor:
+        local = self.feature_transform(_normalised(self.local1, self.descriptor_transform(descriptors)))
+        point = _normalised(self.local3, _normalised(self.local2, local))
+        pooled = point.masked_fill(~valid[..., None], float("-inf")).amax(dim=1, keepdim=True)
+        pooled = torch.where(valid.any(dim=1)[:, None, None], pooled, torch.zeros_like(pooled))  # images without objects
+        out = _normalised(self.fuse, torch.cat([local, pooled.expand(-1, local.shape[1], -1)], dim=-1))
+        return torch.where(valid[..., None], out, torch.zeros_like(out))

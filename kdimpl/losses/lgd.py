@@ -4,11 +4,12 @@ LGD trains a "dynamic teacher" next to the student: label embeddings of the grou
 PointNet-style label encoder) interact with the student's own appearance features (the
 inter-object relation adapter, :class:`kdimpl.LGDRelationAdapter`), are painted back onto each
 FPN level (the intra-object knowledge mapper, :class:`kdimpl.LGDKnowledgeMapper`) and become
-teacher features that the student mimics (:func:`lgd_loss`). This file ships the inside-box masks
+teacher features that the student mimics (:func:`lgd_loss`). This file ships the label encoder's
+input (:func:`lgd_label_descriptors`, for :class:`kdimpl.LGDLabelEncoder`), the inside-box masks
 (:func:`lgd_inside_box_masks`), the teacher's wiring after the label encoder
 (:func:`lgd_teacher_features`), the distillation loss and the iteration gates (:func:`lgd_gates`).
-The label encoder itself and the teacher's detection losses (the student's head applied to the
-teacher features) stay with the detector code.
+The teacher's detection losses (the student's head applied to the teacher features) stay with the
+detector code.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._base import LossModule
-from .._checks import _tracing, check_boxes, check_image_size, check_modules, check_shape
+from .._checks import _tracing, check_background_index, check_boxes, check_image_size, check_modules, check_shape
 from .._registry import register_loss
 from ..adapters.labelenc import LabelEncAdapter
 from ..adapters.lgd import LGDKnowledgeMapper, LGDRelationAdapter
 from ..masks import image_hw, pad_boxes
-from .labelenc import _normalised_feature_mse
+from .labelenc import _normalised_feature_mse, _padded_labels
 
-__all__ = ["LGDGates", "lgd_gates", "lgd_inside_box_masks", "lgd_teacher_features"]
+__all__ = ["LGDGates", "lgd_gates", "lgd_inside_box_masks", "lgd_label_descriptors", "lgd_teacher_features"]
 
 ImageSize = Sequence[int] | Tensor
 
@@ -81,6 +82,70 @@ def lgd_inside_box_masks(
     return (inside_x & inside_y & valid[..., None, None]).to(boxes.dtype)
 
 
+def lgd_label_descriptors(
+    gt_boxes: Sequence[Tensor] | Tensor,
+    labels: Sequence[Tensor] | Tensor,
+    image_size: ImageSize,
+    num_classes: int,
+    *,
+    background_index: int = 0,
+    context_box: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""LGD's box descriptors, the label encoder's input: normalised box corners and a one-hot class, in :math:`[-1, 1]`.
+
+    .. math::
+        d_i = 2\,\big[x_1 / W,\; y_1 / H,\; x_2 / W,\; y_2 / H,\; \mathrm{onehot}(c_i)\big] - 1
+
+    with the box clamped to ``[0, W - 1] x [0, H - 1]`` of the padded input tensor first (as the
+    official ``box_descriptor_encode``, megvii-research/LGD@e03357d) and the one-hot vector over the
+    ``num_classes - 1`` foreground classes.
+
+    Args:
+        gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the padded input tensor, or a padded
+            ``(N, M, 4)`` tensor.
+        labels: per-image ``(M_i,)`` integer classes (or an ``(N, M)`` tensor) in ``[0, num_classes)``.
+        image_size: ``(height, width)`` of that tensor, or an ``(N, 2)`` tensor.
+        num_classes: classes including the background (81 on COCO).
+        background_index: the background class, 0 (default); detectron2's 0-based foreground labels
+            are ``num_classes=81, background_index=-1``.
+        context_box: add the whole-image box (the official ``ADD_CONTEXT_BOX``) in slot 0 of every
+            image, with an all-zero class part; its embedding is
+            :func:`lgd_teacher_features`' ``context_embeddings``.
+
+    Returns:
+        ``(descriptors, valid)``: ``(N, M', 4 + K)`` descriptors (``M' = M + 1`` with the context
+        box) and the ``(N, M')`` bool mask of real entries, for :class:`kdimpl.LGDLabelEncoder`.
+
+    Example:
+        >>> import torch
+        >>> d, valid = lgd_label_descriptors([torch.tensor([[0.0, 0.0, 16.0, 8.0]])], [torch.tensor([2])], (16, 32), 4)
+        >>> d
+        tensor([[[-1., -1.,  0.,  0., -1.,  1., -1.]]])
+
+    Notes:
+        The official code gives an image without boxes one dummy descriptor (box ``(0, 0, 1, 1)``, no
+        class) and no context box; here it has no entries besides the context box.
+    """
+    boxes, valid = pad_boxes(gt_boxes)
+    boxes = boxes if boxes.is_floating_point() else boxes.float()
+    n = boxes.shape[0]
+    background = check_background_index(background_index, num_classes)
+    classes = _padded_labels(labels, gt_boxes, valid, num_classes).to(boxes.device)
+    if not _tracing() and bool((valid & (classes == background)).any()):
+        raise ValueError(f"labels holds the background class {background} for a box: descriptors encode objects only")
+    img_h, img_w = image_hw(image_size, n, boxes)  # (N, 1)
+    size = torch.stack([img_w, img_h, img_w, img_h], dim=-1)  # (N, 1, 4)
+    onehot = F.one_hot(classes - (classes > background).long(), num_classes - 1).to(boxes.dtype)
+    onehot = onehot * valid[..., None]
+    if context_box:
+        boxes = torch.cat([size.expand(n, 1, 4) * boxes.new_tensor([0.0, 0.0, 1.0, 1.0]), boxes], dim=1)
+        onehot = torch.cat([onehot.new_zeros(n, 1, num_classes - 1), onehot], dim=1)
+        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+    corners = torch.minimum(boxes.clamp(min=0), size - 1) / size
+    descriptors = torch.cat([corners, onehot], dim=-1) * 2 - 1
+    return descriptors * valid[..., None], valid
+
+
 def lgd_teacher_features(
     label_embeddings: Sequence[Tensor] | Tensor,
     features: Sequence[Tensor],
@@ -101,7 +166,9 @@ def lgd_teacher_features(
 
     Args:
         label_embeddings: per-image ``(M_i, C)`` label embeddings of the boxes (the label encoder's
-            output, in the boxes' order), or a padded ``(N, M, C)`` tensor.
+            output, in the boxes' order), or a padded ``(N, M, C)`` tensor: with
+            :class:`kdimpl.LGDLabelEncoder` on ``lgd_label_descriptors(..., context_box=True)``, pass
+            ``embeddings[:, 1:]`` here and ``embeddings[:, 0]`` as ``context_embeddings``.
         features: the student's FPN features, one ``(N, C, H_l, W_l)`` map per level; the official
             configs feed them undetached (``DETACH_APPEARANCE_EMBED = False`` for most), so the
             teacher's losses also train the student's backbone; pass ``.detach()``-ed maps otherwise.

@@ -13,13 +13,21 @@ from torch import nn  # noqa: E402
 from kdimpl import (  # noqa: E402
     LabelEncAdapter,
     LGDKnowledgeMapper,
+    LGDLabelEncoder,
     LGDRelationAdapter,
     MultiLevelLoss,
     multilevel_loss,
 )
 from kdimpl.adapters.lgd import lgd_mask_pool  # noqa: E402
 from kdimpl.losses.labelenc import labelenc_level_weights  # noqa: E402
-from kdimpl.losses.lgd import LGDLoss, lgd_gates, lgd_inside_box_masks, lgd_loss, lgd_teacher_features  # noqa: E402
+from kdimpl.losses.lgd import (  # noqa: E402
+    LGDLoss,
+    lgd_gates,
+    lgd_inside_box_masks,
+    lgd_label_descriptors,
+    lgd_loss,
+    lgd_teacher_features,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lgd" / "official_lgd.pt"
 C = 256
@@ -255,3 +263,82 @@ def test_gates_follow_the_official_training_loop():
     assert lgd_gates(130000, 180000, post_nondistill_iters=50000) == (True, False)
     assert lgd_gates(130001, 180000, post_nondistill_iters=50000) == (False, False)
     assert lgd_gates(39999, 90000, pre_nondistill_iters=40000, freeze_backbone_iters=10000) == (False, False)
+
+
+CLASSES = [[3, 79, 0], [41, 3]]  # detectron2's 0-based foreground classes
+
+
+def _official_order(context):
+    """(image, slot) of the official flat order: per image its boxes, then its context box (our slot 0)."""
+    if context:
+        return [(0, 1), (0, 2), (0, 3), (0, 0), (1, 1), (1, 2), (1, 0)]
+    return [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("context", [False, True])
+def test_label_descriptors_and_encoder_match_official(context):
+    official = torch.load(FIXTURE.with_name("official_lgd_encoder.pt"), weights_only=True)
+    tag = "ctx" if context else "noctx"
+    descriptors, valid = lgd_label_descriptors([torch.tensor(b) for b in BOXES], [torch.tensor(c) for c in CLASSES],
+                                               IMAGE, 81, background_index=-1, context_box=context)
+    order = _official_order(context)
+    flat = torch.stack([descriptors[i, j] for i, j in order])
+    torch.testing.assert_close(flat, official[f"{tag}_descriptors"], rtol=0, atol=0)
+    assert valid.sum() == len(order)
+    generator = torch.Generator().manual_seed(300 + int(context))
+    encoder = LGDLabelEncoder(80, C)
+    with torch.no_grad():  # the official parameter order (STN of descriptors, STN of features, conv1..conv4)
+        for p in encoder.parameters():
+            p.copy_(torch.randn(p.numel(), generator=generator).view_as(p) * 0.1)
+    embeddings = encoder(descriptors, valid)
+    flat = torch.stack([embeddings[i, j] for i, j in order])
+    (flat * official[f"{tag}_weights"]).sum().backward()
+    torch.testing.assert_close(flat.detach(), official[f"{tag}_embeddings"], rtol=1e-5, atol=2e-5)
+    for (name, p), theirs in zip(encoder.named_parameters(), official[f"{tag}_grad_sum"]):
+        torch.testing.assert_close(p.grad.flatten()[:16], official[f"{tag}_grad"][theirs], rtol=1e-3, atol=1e-4)
+
+
+def test_label_descriptors_conventions_and_checks():
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 8.0]])]
+    torchvision_style = lgd_label_descriptors(boxes, [torch.tensor([2])], (16, 32), 4)[0]
+    mmdet_style = lgd_label_descriptors(boxes, [torch.tensor([1])], (16, 32), 4, background_index=-1)[0]
+    torch.testing.assert_close(torchvision_style, mmdet_style)
+    # padding slots are zeros and not valid; the context box is slot 0 of every image, without a class
+    descriptors, valid = lgd_label_descriptors(boxes + [torch.zeros(0, 4)], [torch.tensor([2]), torch.zeros(0, dtype=torch.long)],
+                                               (16, 32), 4, context_box=True)
+    assert valid.tolist() == [[True, True], [True, False]]
+    torch.testing.assert_close(descriptors[1, 0], torch.tensor([-1.0, -1.0, 31 / 16 - 1, 15 / 8 - 1, -1.0, -1.0, -1.0]))
+    assert descriptors[1, 1].abs().sum() == 0
+    with pytest.raises(ValueError, match="background class 0"):
+        lgd_label_descriptors(boxes, [torch.tensor([0])], (16, 32), 4)
+    with pytest.raises(ValueError, match=r"labels\[0\] must give one class per box"):
+        lgd_label_descriptors(boxes, [torch.tensor([1, 2])], (16, 32), 4)
+    with pytest.raises(ValueError, match="x2 < x1"):
+        lgd_label_descriptors([torch.tensor([[9.0, 0.0, 1.0, 8.0]])], [torch.tensor([1])], (16, 32), 4)
+
+
+def test_label_encoder_pools_within_images_and_ignores_padding():
+    torch.manual_seed(0)
+    encoder = LGDLabelEncoder(num_classes=3, channels=16)
+    descriptors = torch.rand(2, 4, 7) * 2 - 1
+    valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    out = encoder(descriptors, valid)
+    assert out[~valid].abs().sum() == 0
+    alone = encoder(descriptors[:1, :3], valid[:1, :3])  # padding and the other image change nothing
+    torch.testing.assert_close(out[:1, :3], alone, rtol=1e-5, atol=1e-6)
+    empty = encoder(descriptors, torch.zeros(2, 4, dtype=torch.bool))
+    assert torch.isfinite(empty).all() and empty.abs().sum() == 0
+
+
+def test_label_encoder_feeds_the_teacher_end_to_end():
+    encoder, relation, mapper = LGDLabelEncoder(3, 16), LGDRelationAdapter(16, num_heads=2), LGDKnowledgeMapper(16)
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[0.0, 0.0, 20.0, 20.0], [30, 8, 60, 40]])]
+    labels = [torch.tensor([1]), torch.tensor([3, 2])]
+    descriptors, valid = lgd_label_descriptors(boxes, labels, (64, 96), 4, context_box=True)
+    embeddings = encoder(descriptors, valid)
+    features = [torch.randn(2, 16, 8 // 2**l, 12 // 2**l, requires_grad=True) for l in range(2)]
+    teachers = lgd_teacher_features(embeddings[:, 1:], features, boxes, (64, 96), relation, mapper,
+                                    context_embeddings=embeddings[:, 0])
+    sum(t.sum() for t in teachers).backward()
+    assert all(p.grad is not None for p in encoder.parameters())
