@@ -9,7 +9,7 @@ from .fkd import FKDStudentAdapter, NonLocalBlock2d
 from .freekd import FreeKDPrompts, freekd_haar_dwt, freekd_haar_idwt
 from .frs import FRSAdapter
 from .gdetkd import GDetKDLevelAttention
-from .labelenc import LabelEncAdapter
+from .labelenc import LabelEncAdapter, LabelEncEncoder
 from .lgd import LGDKnowledgeMapper, LGDLabelEncoder, LGDRelationAdapter
 from .maskd import MasKDTokens
 from .mgd import MGDGenerator
@@ -32,6 +32,7 @@ __all__ = [
     "GloReUnit",
     "InstanceRelation",
     "LabelEncAdapter",
+    "LabelEncEncoder",
     "LGDKnowledgeMapper",
     "LGDLabelEncoder",
     "LGDRelationAdapter",

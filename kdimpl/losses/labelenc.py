@@ -5,9 +5,9 @@ pieces: the label map the label-encoding network reads (:func:`labelenc_label_ma
 normalised squared error between the detector's adapted features and the label encodings
 (:func:`labelenc_loss`, the step-1 "distance" and step-2 "auxiliary" loss), the level weights
 that reproduce its normalisation over concatenated FPN levels (:func:`labelenc_level_weights`),
-and the iteration gates of both steps (:func:`labelenc_loss_gate`). The label-encoding network
-(a ResNet-style encoder with the detector's FPN, trained in step 1 through the detector's shared
-heads) is a backbone and stays with the detector code.
+and the iteration gates of both steps (:func:`labelenc_loss_gate`). The label-encoding network's
+body is :class:`kdimpl.LabelEncEncoder`; its FPN (of the detector's own type) and the two-step
+training through the detector's shared heads stay with the detector code.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from kdimpl import LabelEncAdapter, MultiLevelLoss, multilevel_loss  # noqa: E402
+from kdimpl import LabelEncAdapter, LabelEncEncoder, MultiLevelLoss, multilevel_loss  # noqa: E402
 from kdimpl.losses.labelenc import (  # noqa: E402
     LabelEncLoss,
     labelenc_label_map,
@@ -217,3 +217,22 @@ def test_gates_follow_the_official_iteration_counts():
     assert labelenc_loss_gate(5, 1, warmup_iters=5) == 1.0 and labelenc_loss_gate(5, 2, cutoff_iters=5) == 0.0
     with pytest.raises(ValueError, match="step must be 1"):
         labelenc_loss_gate(0, 3)
+
+
+@pytest.mark.parity
+def test_encoder_body_matches_official():
+    official = torch.load(FIXTURE.with_name("official_labelenc_encoder.pt"), weights_only=True)
+    generator = torch.Generator().manual_seed(21)
+    encoder = LabelEncEncoder(3)
+    assert [name for name, _ in encoder.named_parameters()] == official["names"]  # official checkpoints load
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.copy_(torch.randn(p.numel(), generator=generator).view_as(p) * (2.0 / p[0].numel()) ** 0.5)
+    label_map = torch.rand(2, 3, 16, 16, generator=generator).requires_grad_(True)
+    outputs = encoder(label_map)
+    weights = [torch.randn(o.shape, generator=generator) for o in outputs]
+    sum((o * w).sum() for o, w in zip(outputs, weights)).backward()
+    for ours, theirs in zip(outputs, official["outputs"]):
+        torch.testing.assert_close(ours.detach(), theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(label_map.grad, official["grad_input"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encoder.stage1.weight.grad.flatten()[:32], official["grad_stage1"], rtol=1e-5, atol=1e-5)
