@@ -157,7 +157,9 @@ def detrdistill_pred_loss(
         the class target of an unmatched student query with the number of classes (a BCE target
         of 80); here an unmatched query's target is 0 (background). The official class term
         divides by the matched count plus ``finfo(float32).eps`` and the box terms by the count
-        averaged over GPUs and clamped to 1; here all three divide by the count clamped to 1.
+        averaged over GPUs and clamped to 1; here all three divide by the count clamped to 1. The
+        official non-default mode ``is_layer_by_layer_distill=False`` distils the teacher's last
+        layer into every student layer: pass the last layer's outputs for every layer.
     """
     check_shapes(
         student_logits=(student_logits, "N Q K"),
