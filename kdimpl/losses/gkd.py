@@ -61,7 +61,7 @@ def gkd_importance_map(features: Tensor, grads: Tensor) -> Tensor:
     """
     check_shapes(features=(features, "N C H W"), grads=(grads, "N C H W"))
     f, g = upcast(features), upcast(grads)
-    cam = (g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1).clamp(min=0)
+    cam = torch.einsum("nc,nchw->nhw", g.mean(dim=(2, 3)), f).clamp(min=0)
     cam = cam - cam.flatten(1).amin(dim=1)[:, None, None]
     return cam / (torch.finfo(cam.dtype).eps + cam.flatten(1).amax(dim=1)[:, None, None])
 
