@@ -38,7 +38,7 @@ __all__ = ["dfine_fgl_loss", "dfine_go_matches", "dfine_weighting_function"]
 def dfine_weighting_function(
     reg_max: int, up: float = 0.5, reg_scale: float = 4.0, *, dtype: torch.dtype = torch.float32, device=None
 ) -> Tensor:
-    r"""D-FINE's non-uniform bin positions :math:`W(n)`, ``n = 0..reg_max`` (Eq. 4 of the paper).
+    r"""D-FINE's non-uniform bin positions :math:`W(n)`, ``n = 0..reg_max``, as the official ``weighting_function``.
 
     With :math:`a = |up| \cdot |c|` (``c`` = ``reg_scale``) and :math:`s = (a + 1)^{2 / (N - 2)}`, ``N`` = ``reg_max``:
 
@@ -155,7 +155,7 @@ def dfine_ddf_loss(
     r"""Decoupled Distillation Focal loss: the last decoder layer's edge distributions taught to an earlier layer.
 
     For query :math:`q` and edge :math:`e`, with :math:`\mathbf{p}` the last layer's and
-    :math:`\mathbf{q}` this layer's distributions (D-FINE, Eq. 6):
+    :math:`\mathbf{q}` this layer's distributions (as the official code computes it):
 
     .. math::
         \ell_{q,e} = \alpha_q \, T^2 \,
@@ -260,7 +260,7 @@ def dfine_fgl_loss(
     reg_scale: float = 4.0,
     reduction: str = "mean",
 ) -> Tensor:
-    r"""Fine-Grained Localization loss of one decoder layer (D-FINE, Eq. 5): the GT loss GO-LSD builds on.
+    r"""Fine-Grained Localization loss of one decoder layer: the ground-truth loss GO-LSD builds on.
 
     Each matched query's edge offset :math:`d` from its reference box (in units of the reference
     box's size over ``reg_scale``, minus ``reg_scale / 2``) falls between two bins of
