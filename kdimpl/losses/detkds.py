@@ -433,7 +433,7 @@ def detkds_loss(
     r"""A searched DetKDS feature distiller for one FPN level: global, foreground/background and instance branches.
 
     Each enabled branch applies its chain :math:`(\tau_1, \tau_2, \tau_3, D)` to student and
-    teacher and averages the distance (Li et al., Sec. 3; official ``FeatureLoss``):
+    teacher and averages the distance (official ``FeatureLoss``):
 
     .. math::
         \mathcal{L} = \gamma_g\, \overline{D_g}\big(\tau(S), \tau(T)\big)

@@ -1,7 +1,7 @@
 r"""Multi-Teacher Progressive Distillation (MTPD), Cao et al., ICML 2023.
 
 MTPD is a schedule, not a new loss: the student is distilled from a sequence of teachers, one
-after the other, each stage a full training run with MGD on the FPN outputs (Cao et al., Sec. 3):
+after the other, each stage a full training run with MGD on the FPN outputs (official README and configs):
 
 .. math::
     \theta_k = \arg\min_\theta \; \mathcal{L}_{det}(\theta)
