@@ -2,6 +2,7 @@
 
 from .channel import ChannelAdapter
 from .defeat import DeFeatAdapter
+from .diffkd import DiffKDAutoEncoder, DiffKDDiffusion
 from .drkd import GloReUnit, InstanceRelation
 from .fgd import FGDGlobalContext
 from .fgfi import FGFIAdapter
@@ -20,6 +21,8 @@ from .unikd import UniKDKnowledgeExtractor, UniKDPredictionHead
 __all__ = [
     "ChannelAdapter",
     "DeFeatAdapter",
+    "DiffKDAutoEncoder",
+    "DiffKDDiffusion",
     "FGDGlobalContext",
     "FGFIAdapter",
     "FKDStudentAdapter",

@@ -11,6 +11,7 @@ from . import (
     detkds,
     detrdistill,
     dfine,
+    diffkd,
     drkd,
     dsig,
     fgd,
@@ -54,6 +55,7 @@ from .defeat import *  # noqa: F403
 from .detkds import *  # noqa: F403
 from .detrdistill import *  # noqa: F403
 from .dfine import *  # noqa: F403
+from .diffkd import *  # noqa: F403
 from .drkd import *  # noqa: F403
 from .dsig import *  # noqa: F403
 from .fgd import *  # noqa: F403
@@ -88,7 +90,7 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
     gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
     tadf, unikd, vild, yolov6,
