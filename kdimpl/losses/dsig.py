@@ -205,15 +205,14 @@ def dsig_graph_loss(
     t = upcast(teacher.detach()).to(s.dtype).flatten(2)
     dim = s.shape[-1]
 
-    # edges: cosine correlation matrices over the graph's nodes
-    s_unit, t_unit = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-    edge_error = (t_unit @ t_unit.transpose(1, 2) - s_unit @ s_unit.transpose(1, 2)).square()
-    pairs = (graph[:, :, None] & graph[:, None, :]).to(s.dtype)
-    n_graph = graph.sum(dim=1).to(s.dtype)
-    edge = 0.5 * (edge_error * pairs).sum(dim=(1, 2)) / n_graph.square().clamp(min=1)
+    # Benchmark (benchmarks.losses workload: 2 x 512 RoIs of 256x7x7, 128 fg, 23 % of bg mined; whole loss fwd+bwd,
+    # CPU, one thread, one interleaved run): all-node matrices 3118-3131 ms, graph nodes gathered per image 881-1019 ms
+    # (official 1065-1126 ms). The gathered form has data-dependent shapes, so torch.compile gets the masked one.
+    gathered = not torch.compiler.is_compiling()
+    edge = (_edges_gathered if gathered else _edges)(s, t, graph)
 
     # nodes: squared errors of the features, a mean per image and set
-    node_error = (s - t).square().sum(dim=-1)  # (N, M)
+    node_error = F.mse_loss(s, t, reduction="none").sum(dim=-1)  # (N, M)
     n_fg, n_bg = fg.sum(dim=1).to(s.dtype), bg.sum(dim=1).to(s.dtype)
     fg_term = (node_error * fg.to(s.dtype)).sum(dim=1) / (n_fg * dim).clamp(min=1)
     bg_mean = (node_error * bg.to(s.dtype)).sum(dim=1) / (n_bg * dim).clamp(min=1)
@@ -221,6 +220,26 @@ def dsig_graph_loss(
 
     per_image = edge_weight * edge + fg_weight * fg_term + bg_weight * bg_term
     return reduce_loss(per_image, "sum" if reduction == "mean" else reduction).to(student.dtype)
+
+
+def _edges(s: Tensor, t: Tensor, graph: Tensor) -> Tensor:
+    """The ``(N,)`` edge terms of :func:`dsig_graph_loss` from the ``(N, M, M)`` correlations of all nodes, masked."""
+    s_unit, t_unit = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    edge_error = (t_unit @ t_unit.transpose(1, 2) - s_unit @ s_unit.transpose(1, 2)).square()
+    pairs = (graph[:, :, None] & graph[:, None, :]).to(s.dtype)
+    n_graph = graph.sum(dim=1).to(s.dtype)
+    return 0.5 * (edge_error * pairs).sum(dim=(1, 2)) / n_graph.square().clamp(min=1)
+
+
+def _edges_gathered(s: Tensor, t: Tensor, graph: Tensor) -> Tensor:
+    """:func:`_edges` on each image's graph nodes only (as the official code builds the matrices)."""
+    terms = []
+    for s_i, t_i, graph_i in zip(s, t, graph):
+        index = graph_i.nonzero().squeeze(1)
+        s_unit, t_unit = F.normalize(s_i[index], dim=-1), F.normalize(t_i[index], dim=-1)
+        error = (t_unit @ t_unit.T - s_unit @ s_unit.T).square()
+        terms.append(0.5 * error.sum() / max(index.numel(), 1) ** 2)
+    return torch.stack(terms) if terms else s.new_zeros(0)
 
 
 def dsig_logit_loss(
