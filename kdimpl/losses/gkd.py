@@ -145,15 +145,16 @@ def gkd_loss(
     return reduce_loss((teacher_map - student_map).abs(), reduction).to(student.dtype)
 
 
-def _axis_profile(lower: Tensor, upper: Tensor, size: int, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Along one axis of ``size`` cells, per box ``(M,)``: inside the 2x region, inside the box, Gaussian value."""
+def _axis_profile(lower: Tensor, upper: Tensor, size: int, start: Tensor) -> tuple[Tensor, Tensor]:
+    """Along one axis of ``size`` cells, per box ``(B,)``: the Gaussian inside the box's 2x window (0 outside
+    it), and whether the cell is inside the box itself."""
     length = upper - lower  # cells covered by the box
-    local = torch.arange(size, device=lower.device, dtype=lower.dtype)[None, :] - start[:, None]  # (M, size)
-    in_region = (local >= 0) & (local < 2 * length[:, None])
+    local = torch.arange(size, device=lower.device, dtype=lower.dtype)[None, :] - start[:, None]  # (B, size)
+    in_window = (local >= 0) & (local < 2 * length[:, None])
     gap = torch.floor(length / 2)[:, None]
     in_box = (local >= gap) & (local < gap + length[:, None])
     centre = length.clamp(min=1)[:, None]
-    return in_region, in_box, torch.exp(-0.5 * ((local - centre) / centre) ** 2)
+    return torch.exp(-0.5 * ((local - centre) / centre) ** 2) * in_window, in_box
 
 
 @torch.no_grad()
@@ -193,26 +194,27 @@ def gkd_box_mask(
     n = boxes.shape[0]
     check_image_size(image_size, n)
     height, width = (int(v) for v in feature_size)
-    # cells in the boxes' dtype (float32 in the official code, whose rounding decides the floor and ceil)
+    # cells in float32 at least, as the official code rounds them (its floor and ceil decide the cells)
     boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
     img_h, img_w = image_hw(image_size, n, boxes)  # (N, 1) each
     x = boxes[..., 0::2] / img_w[..., None] * width  # (N, M, 2)
     y = boxes[..., 1::2] / img_h[..., None] * height
     x0, x1, y0, y1 = x[..., 0].floor(), x[..., 1].ceil(), y[..., 0].floor(), y[..., 1].ceil()
-    x0, x1, y0, y1 = (v.flatten().to(torch.float64) for v in (x0, x1, y0, y1))
+    x0, x1, y0, y1 = (v.flatten() for v in (x0, x1, y0, y1))
     if official_placement:
         start_y, start_x = 2 * y0 - height // 2, 2 * x0 - width // 2
     else:
         start_y, start_x = y0 - torch.floor((y1 - y0) / 2), x0 - torch.floor((x1 - x0) / 2)
-    region_y, box_y, gauss_y = _axis_profile(y0, y1, height, start_y)
-    region_x, box_x, gauss_x = _axis_profile(x0, x1, width, start_x)
-    value = torch.where(box_y[:, :, None] & box_x[:, None, :], 1.0, gauss_y[:, :, None] * gauss_x[:, None, :])
-    area = (4 * (y1 - y0) * (x1 - x0)).clamp(min=1)[:, None, None]
-    keep = region_y[:, :, None] & region_x[:, None, :] & valid.flatten().to(value.device)[:, None, None]
-    value = (value * keep / area).reshape(n, valid.shape[1], height, width)
+    gauss_y, box_y = _axis_profile(y0, y1, height, start_y)
+    gauss_x, box_x = _axis_profile(x0, x1, width, start_x)
+    gauss_y = gauss_y * valid.flatten().to(gauss_y.device)[:, None]  # padding rows of the box list give 0
+    value = gauss_y[:, :, None] * gauss_x[:, None, :]  # (N * M, H, W): 0 outside each window
+    value.masked_fill_(box_y[:, :, None] & box_x[:, None, :], 1.0)
+    value.div_((4 * (y1 - y0) * (x1 - x0)).clamp(min=1)[:, None, None])
+    value = value.reshape(n, valid.shape[1], height, width)
     if value.shape[1] == 0:  # no boxes in the batch
-        return value.new_zeros(n, height, width, dtype=torch.float32)
-    return value.amax(dim=1).float()
+        return value.new_zeros(n, height, width)
+    return value.amax(dim=1)
 
 
 def gkd_bmfi_loss(
