@@ -4,6 +4,7 @@ from . import (
     baron,
     bckd,
     chen2017,
+    clipself,
     crosskd,
     cwd,
     d3etr,
@@ -24,6 +25,7 @@ from . import (
     gkd,
     glamd,
     head,
+    icd,
     kd_detr,
     labelenc,
     ld,
@@ -48,6 +50,7 @@ from . import (
 from .baron import *  # noqa: F403
 from .bckd import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
+from .clipself import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .d3etr import *  # noqa: F403
@@ -68,6 +71,7 @@ from .gid import *  # noqa: F403
 from .gkd import *  # noqa: F403
 from .glamd import *  # noqa: F403
 from .head import *  # noqa: F403
+from .icd import *  # noqa: F403
 from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
 from .ld import *  # noqa: F403
@@ -90,8 +94,8 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
     tadf, unikd, vild, yolov6,
 )
