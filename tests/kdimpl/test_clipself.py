@@ -13,6 +13,8 @@ from kdimpl import MultiLevelLoss, multilevel_loss  # noqa: E402
 from kdimpl.distributed import distributed_behaviour  # noqa: E402
 from kdimpl.losses.clipself import CLIPSelfLoss, clipself_loss, clipself_region_embeddings  # noqa: E402
 
+from .test_drkd import _bilinear  # noqa: E402  torchvision's bilinear sampling, as loops
+
 FIXTURE = Path(__file__).parent / "fixtures" / "clipself" / "official_clipself.pt"
 
 
@@ -28,7 +30,6 @@ def test_matches_official():
 
 def _roi_align_loop(dense, box, scale_x, scale_y):
     """torchvision's RoIAlign forward, (1, 1) output, aligned=True, sampling_ratio=-1, written as loops."""
-    _, height, width = dense.shape
     x1, y1, x2, y2 = (float(v) for v in box)
     start_x, start_y = x1 * scale_x - 0.5, y1 * scale_y - 0.5
     roi_w, roi_h = (x2 - x1) * scale_x, (y2 - y1) * scale_y
@@ -36,27 +37,8 @@ def _roi_align_loop(dense, box, scale_x, scale_y):
     count = max(grid_h * grid_w, 1)
     total = torch.zeros(dense.shape[0], dtype=dense.dtype)
     for iy in range(grid_h):
-        y = start_y + (iy + 0.5) * roi_h / grid_h
         for ix in range(grid_w):
-            x = start_x + (ix + 0.5) * roi_w / grid_w
-            if y < -1.0 or y > height or x < -1.0 or x > width:
-                continue
-            y, x = max(y, 0.0), max(x, 0.0)
-            y_low, x_low = int(y), int(x)
-            if y_low >= height - 1:
-                y_high = y_low = height - 1
-                y = float(y_low)
-            else:
-                y_high = y_low + 1
-            if x_low >= width - 1:
-                x_high = x_low = width - 1
-                x = float(x_low)
-            else:
-                x_high = x_low + 1
-            ly, lx = y - y_low, x - x_low
-            hy, hx = 1 - ly, 1 - lx
-            total += (hy * hx * dense[:, y_low, x_low] + hy * lx * dense[:, y_low, x_high]
-                      + ly * hx * dense[:, y_high, x_low] + ly * lx * dense[:, y_high, x_high])
+            total += _bilinear(dense, start_y + (iy + 0.5) * roi_h / grid_h, start_x + (ix + 0.5) * roi_w / grid_w)
     return total / count
 
 
