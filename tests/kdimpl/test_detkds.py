@@ -266,3 +266,17 @@ def test_logit_loss_checks():
         detkds_logit_loss(torch.randn(2, 3), torch.randn(2, 3), distance="norm_C")
     with pytest.raises(ValueError, match="student must have shape"):
         detkds_logit_loss(torch.randn(3), torch.randn(3))
+
+
+def test_instance_correlation_distance_uses_the_real_boxes_only():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(2, 4, 8, 12, generator=g), torch.randn(2, 4, 8, 12, generator=g)
+    boxes = [torch.tensor([[0.0, 0.0, 20.0, 16.0], [4.0, 2.0, 30.0, 28.0]]), torch.tensor([[8.0, 4.0, 40.0, 30.0]])]
+    chain = ("catt", "scale_r1", "norm_C", "cor")
+    value = detkds_loss(s, t, boxes, (32, 48), global_chain=None, instance_chain=chain, instance_weight=3.0)
+    # the three real RoIs, pooled on the grid of the map (floor/ceil of the boxes at stride 4)
+    cells = [torch.tensor([[0.0, 0.0, 5.0, 4.0], [1.0, 0.0, 8.0, 7.0]]), torch.tensor([[2.0, 1.0, 10.0, 8.0]])]
+    a, b = (detkds_transform(detkds_transform(detkds_transform(x, "catt"), "scale_r1"), "norm_C") for x in (s, t))
+    rois_s = torch.cat([detkds_roi_align(a[i : i + 1], c[None])[0] for i, c in enumerate(cells)])
+    rois_t = torch.cat([detkds_roi_align(b[i : i + 1], c[None])[0] for i, c in enumerate(cells)])
+    torch.testing.assert_close(value, 3.0 * detkds_distance(rois_s, rois_t, "cor"))
