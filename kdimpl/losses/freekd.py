@@ -47,9 +47,9 @@ def freekd_loss(
         reduction: ``'mean'`` (default) applies the paper's own normalisation, that of the
             official code: per level, the mean over the ``N T C 3 H_j W_j`` masked band
             elements, summed over the three levels; ``'sum'`` sums the ``(N,)`` per-image
-            losses; ``'none'`` returns them (each image's share of every level's mean, times
-            ``N``), so their ``.mean()`` is ``'mean'``. Levels have different sizes, so the
-            plain element mean is not available.
+            losses; ``'none'`` returns them (each image's loss computed alone), and their
+            ``.mean()`` is ``'mean'``. The three levels have different sizes, so there is no
+            plain element mean.
 
     Shape:
         - student, teacher: :math:`(N, C, H, W)`
@@ -79,10 +79,10 @@ def freekd_loss(
         torch.Size([])
 
     Notes:
-        What the released code covers: the paper also describes a position-aware relational
-        frequency loss; the released loss has no such term (it is this masked L1 only), and the
-        paper's text for it could not be read here, so it is not implemented. The released
-        RetinaNet config adds a plain feature MSE (weight 5) beside this loss (weight 1).
+        What this covers: the paper also describes a position-aware relational frequency loss;
+        the released loss has no such term (it is this masked L1 only), and it is not
+        implemented here. The released RetinaNet config adds a plain feature MSE (weight 5)
+        beside this loss (weight 1).
 
         The band names: the official code unpacks the transform's three levels as ``cH, cV,
         cD``; they are the levels (finest first), each holding all three orientations, not
