@@ -10,6 +10,7 @@ from .fkd import FKDStudentAdapter, NonLocalBlock2d
 from .freekd import FreeKDPrompts, freekd_haar_dwt, freekd_haar_idwt
 from .frs import FRSAdapter
 from .gdetkd import GDetKDLevelAttention
+from .icd import ICDDecoder, ICDInstanceEncoder
 from .labelenc import LabelEncAdapter, LabelEncEncoder
 from .lgd import LGDKnowledgeMapper, LGDLabelEncoder, LGDRelationAdapter
 from .maskd import MasKDTokens
@@ -33,6 +34,8 @@ __all__ = [
     "freekd_haar_idwt",
     "GDetKDLevelAttention",
     "GloReUnit",
+    "ICDDecoder",
+    "ICDInstanceEncoder",
     "InstanceRelation",
     "LabelEncAdapter",
     "LabelEncEncoder",
