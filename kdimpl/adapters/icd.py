@@ -41,6 +41,10 @@ class ICDInstanceEncoder(nn.Module):
         channels: the query width (official 256, ``HIDDEN_DIM``).
         pos_features: sine features per coordinate (official 128).
         scale_indicator: append the 10 scale features (official ``ADD_SCALE_INDICATOR = True``).
+
+    Notes:
+        The official encoder converts every image's box sizes to pixels with the (width, height) of
+        the *last* image of the batch (a loop variable left over); here each image uses its own size.
     """
 
     def __init__(self, num_classes: int, channels: int = 256, *, pos_features: int = 128,
