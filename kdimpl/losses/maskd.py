@@ -77,7 +77,7 @@ def maskd_loss(
     Without the weighting module :math:`w_{n,i} = 1 / T` (the official plain mean). With
     ``student_masks=True`` the masks are :math:`M_i \odot \sigma(\mathbf{t}_i^\top F^S)`, the
     student's own masks taken without gradient (the official ``custom_mask``, switched on after
-    ``custom_mask_warmup`` iterations: 7000 in the RetinaNet config, 1000 by default).
+    ``custom_mask_warmup`` iterations: 5000 to 7330 in the detection configs).
 
     Args:
         student: student feature map, already projected to the teacher's channels (the official
@@ -106,8 +106,9 @@ def maskd_loss(
         Tao Huang, Yuan Zhang, Shan You, Fei Wang, Chen Qian, Jian Cao, Chang Xu. "Masked
         Distillation with Receptive Tokens". ICLR 2023. arXiv:2205.14589.
         Official code: hunto/MasKD@b5af34f ``mmrazor/mmrazor/models/losses/maskd.py::MasKDLoss``
-        (one level; the official class sums its levels and multiplies by ``loss_weight``, 7 in
-        the RetinaNet config), matched by the parity tests.
+        (one level; the official class sums its levels and multiplies by ``loss_weight``: 1 for
+        Faster/Cascade R-CNN, 7 for RetinaNet, 10 for FCOS and RepPoints), matched by the parity
+        tests.
 
     Example:
         >>> import torch
@@ -160,7 +161,7 @@ def maskd_loss(
 
 @register_loss("maskd", function=maskd_loss)
 class MasKDLoss(LossModule):
-    """Module twin of :func:`maskd_loss`; ``loss_weight`` multiplies the result (official: 7 for RetinaNet).
+    """Module twin of :func:`maskd_loss`; ``loss_weight`` multiplies the result (official: 1 to 10, see there).
 
     Args:
         channels: the teacher's channel count ``C``. Given, the loss owns the level's tokens
