@@ -9,6 +9,7 @@ from . import (
     cwd,
     d3etr,
     defeat,
+    densevlm,
     detkds,
     detrdistill,
     dfine,
@@ -43,6 +44,7 @@ from . import (
     ssd_det,
     structural_kd,
     tadf,
+    teach_detr,
     unikd,
     vild,
     yolov6,
@@ -55,6 +57,7 @@ from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .d3etr import *  # noqa: F403
 from .defeat import *  # noqa: F403
+from .densevlm import *  # noqa: F403
 from .detkds import *  # noqa: F403
 from .detrdistill import *  # noqa: F403
 from .dfine import *  # noqa: F403
@@ -89,14 +92,15 @@ from .scalekd import *  # noqa: F403
 from .ssd_det import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
 from .tadf import *  # noqa: F403
+from .teach_detr import *  # noqa: F403
 from .unikd import *  # noqa: F403
 from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, defeat, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
     gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
-    tadf, unikd, vild, yolov6,
+    tadf, teach_detr, unikd, vild, yolov6,
 )
 __all__ = [name for module in _MODULES for name in module.__all__]
