@@ -8,6 +8,7 @@ from . import (
     crosskd,
     cwd,
     d3etr,
+    declip,
     defeat,
     densevlm,
     detkds,
@@ -29,12 +30,14 @@ from . import (
     icd,
     kd_detr,
     labelenc,
+    lad,
     ld,
     maskd,
     lgd,
     mgd,
     mimic,
     mimicdet,
+    mtkd_rl,
     mtpd,
     oadp,
     pgd,
@@ -56,6 +59,7 @@ from .clipself import *  # noqa: F403
 from .crosskd import *  # noqa: F403
 from .cwd import *  # noqa: F403
 from .d3etr import *  # noqa: F403
+from .declip import *  # noqa: F403
 from .defeat import *  # noqa: F403
 from .densevlm import *  # noqa: F403
 from .detkds import *  # noqa: F403
@@ -77,12 +81,14 @@ from .head import *  # noqa: F403
 from .icd import *  # noqa: F403
 from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
+from .lad import *  # noqa: F403
 from .ld import *  # noqa: F403
 from .maskd import *  # noqa: F403
 from .lgd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .mimicdet import *  # noqa: F403
+from .mtkd_rl import *  # noqa: F403
 from .mtpd import *  # noqa: F403
 from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
@@ -98,8 +104,8 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    gkd, glamd, head, icd, kd_detr, labelenc, lad, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
 )
