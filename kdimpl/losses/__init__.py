@@ -30,14 +30,12 @@ from . import (
     icd,
     kd_detr,
     labelenc,
-    lad,
     ld,
     maskd,
     lgd,
     mgd,
     mimic,
     mimicdet,
-    mtkd_rl,
     mtpd,
     oadp,
     pgd,
@@ -81,14 +79,12 @@ from .head import *  # noqa: F403
 from .icd import *  # noqa: F403
 from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
-from .lad import *  # noqa: F403
 from .ld import *  # noqa: F403
 from .maskd import *  # noqa: F403
 from .lgd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .mimicdet import *  # noqa: F403
-from .mtkd_rl import *  # noqa: F403
 from .mtpd import *  # noqa: F403
 from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
@@ -105,7 +101,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, icd, kd_detr, labelenc, lad, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
 )
