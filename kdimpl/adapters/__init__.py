@@ -15,6 +15,7 @@ from .labelenc import LabelEncAdapter, LabelEncEncoder
 from .lgd import LGDKnowledgeMapper, LGDLabelEncoder, LGDRelationAdapter
 from .maskd import MasKDTokens
 from .mgd import MGDGenerator
+from .mtkd_rl import MTKDRLPolicy
 from .scalekd import MultiScaleCrossAttention, ScaleDecoupledFeature
 from .ssd_det import SSDDetIdentityHead
 from .unikd import UniKDKnowledgeExtractor, UniKDPredictionHead
@@ -44,6 +45,7 @@ __all__ = [
     "LGDRelationAdapter",
     "MasKDTokens",
     "MGDGenerator",
+    "MTKDRLPolicy",
     "MultiScaleCrossAttention",
     "NonLocalBlock2d",
     "ScaleDecoupledFeature",

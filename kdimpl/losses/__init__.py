@@ -36,6 +36,7 @@ from . import (
     mgd,
     mimic,
     mimicdet,
+    mtkd_rl,
     mtpd,
     oadp,
     pgd,
@@ -85,6 +86,7 @@ from .lgd import *  # noqa: F403
 from .mgd import *  # noqa: F403
 from .mimic import *  # noqa: F403
 from .mimicdet import *  # noqa: F403
+from .mtkd_rl import *  # noqa: F403
 from .mtpd import *  # noqa: F403
 from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
@@ -101,7 +103,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
 )
