@@ -42,6 +42,7 @@ from . import (
     pgd,
     pkd,
     rm_pfi,
+    rt_detrv4,
     scalekd,
     ssd_det,
     structural_kd,
@@ -92,6 +93,7 @@ from .oadp import *  # noqa: F403
 from .pgd import *  # noqa: F403
 from .pkd import *  # noqa: F403
 from .rm_pfi import *  # noqa: F403
+from .rt_detrv4 import *  # noqa: F403
 from .scalekd import *  # noqa: F403
 from .ssd_det import *  # noqa: F403
 from .structural_kd import *  # noqa: F403
@@ -103,7 +105,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, scalekd,
+    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, rt_detrv4, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
 )
