@@ -3,6 +3,7 @@
 from . import (
     baron,
     bckd,
+    cckt_det,
     chen2017,
     clipself,
     crosskd,
@@ -54,6 +55,7 @@ from . import (
 )
 from .baron import *  # noqa: F403
 from .bckd import *  # noqa: F403
+from .cckt_det import *  # noqa: F403
 from .chen2017 import *  # noqa: F403
 from .clipself import *  # noqa: F403
 from .crosskd import *  # noqa: F403
@@ -104,7 +106,7 @@ from .vild import *  # noqa: F403
 from .yolov6 import *  # noqa: F403
 
 _MODULES = (
-    baron, bckd, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
+    baron, bckd, cckt_det, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
     gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, rt_detrv4, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
