@@ -31,6 +31,7 @@ from . import (
     icd,
     kd_detr,
     labelenc,
+    lad,
     ld,
     maskd,
     lgd,
@@ -83,6 +84,7 @@ from .head import *  # noqa: F403
 from .icd import *  # noqa: F403
 from .kd_detr import *  # noqa: F403
 from .labelenc import *  # noqa: F403
+from .lad import *  # noqa: F403
 from .ld import *  # noqa: F403
 from .maskd import *  # noqa: F403
 from .lgd import *  # noqa: F403
@@ -107,7 +109,7 @@ from .yolov6 import *  # noqa: F403
 
 _MODULES = (
     baron, bckd, cckt_det, chen2017, clipself, crosskd, cwd, d3etr, declip, defeat, densevlm, detkds, detrdistill, dfine, diffkd, drkd, dsig, fgd, fgfi, fkd, freekd, frs, gdetkd, gid,
-    gkd, glamd, head, icd, kd_detr, labelenc, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, rt_detrv4, scalekd,
+    gkd, glamd, head, icd, kd_detr, labelenc, lad, ld, maskd, lgd, mgd, mimic, mimicdet, mtkd_rl, mtpd, oadp, pgd, pkd, rm_pfi, rt_detrv4, scalekd,
     ssd_det, structural_kd,
     tadf, teach_detr, unikd, vild, yolov6,
 )
