@@ -321,7 +321,7 @@ def mtkd_rl_agent_loss(logit_weights: Tensor, feature_weights: Tensor, rewards: 
     return (-(r * logit_weights.log().clamp(min=-100)).mean()) + (-(r * feature_weights.log().clamp(min=-100)).mean())
 
 
-@register_loss("mtkd_rl_logit", function=mtkd_rl_logit_loss)
+@register_loss("mtkd_rl_logit", function=mtkd_rl_logit_loss, distributed="exact")
 class MTKDRLLogitLoss(LossModule):
     """Module twin of :func:`mtkd_rl_logit_loss`; ``loss_weight`` multiplies the result (official: 1)."""
 
@@ -329,7 +329,7 @@ class MTKDRLLogitLoss(LossModule):
         super().__init__(temperature=temperature, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("mtkd_rl_feature", function=mtkd_rl_feature_loss)
+@register_loss("mtkd_rl_feature", function=mtkd_rl_feature_loss, distributed="exact")
 class MTKDRLFeatureLoss(LossModule):
     """Module twin of :func:`mtkd_rl_feature_loss`; ``loss_weight`` multiplies the result (official ``--feat-weight``: 5)."""
 

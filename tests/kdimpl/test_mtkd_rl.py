@@ -178,7 +178,12 @@ def test_input_checks():
 def test_nan_in_gives_nan_out_and_empty_batch_gives_zero():
     s, t, w = torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.rand(2, 3)
     assert torch.isnan(mtkd_rl_logit_loss(torch.full_like(s, float("nan")), t, w))
-    assert torch.isnan(mtkd_rl_feature_loss(torch.randn(2, 3, 4, 2, 2), torch.full((2, 3, 4, 2, 2), float("nan")), w))
+    for kind in ("mse", "kl"):
+        assert torch.isnan(mtkd_rl_feature_loss(torch.randn(2, 3, 4, 2, 2), torch.full((2, 3, 4, 2, 2), float("nan")), w, kind=kind))
+        empty_map = torch.zeros(0, 4, 2, 2, requires_grad=True)
+        loss = mtkd_rl_feature_loss(empty_map, torch.zeros(0, 3, 4, 2, 2), torch.zeros(0, 3), kind=kind)
+        loss.backward()
+        assert loss.item() == 0.0 and not empty_map.grad.any()
     empty = torch.zeros(0, 5, requires_grad=True)
     loss = mtkd_rl_logit_loss(empty, torch.zeros(0, 3, 5), torch.zeros(0, 3))
     loss.backward()
