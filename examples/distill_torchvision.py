@@ -46,6 +46,7 @@ from kdimpl.integrations.torchvision import (  # noqa: E402
     DetectorTap,
     backbone_features,
     gradient_norm_ratio,
+    mark_dynamic_sizes,
     roi_head_outputs,
 )
 from torchvision_fallback import import_torchvision  # noqa: E402
@@ -194,7 +195,8 @@ def feature_loss_inputs(loss: nn.Module, tap: DetectorTap) -> dict[str, object]:
 class Distiller(nn.Module):
     """The distillation criterion: a feature loss over every FPN level (and a RoI loss, two-stage only)."""
 
-    def __init__(self, loss_name: str, roi_loss_name: str | None, channels: int, num_levels: int, two_stage: bool):
+    def __init__(self, loss_name: str, roi_loss_name: str | None, channels: int, num_levels: int, two_stage: bool,
+                 record_levels: bool = True, compile_loss: bool = False):
         super().__init__()
         self.loss_name, self.roi_loss_name = loss_name, roi_loss_name
         build = partial(build_feature_loss, loss_name, channels, two_stage)
@@ -205,16 +207,23 @@ class Distiller(nn.Module):
         self.features = kdimpl.MultiLevelLoss(per_level)
         self.roi = kdimpl.get_loss(roi_loss_name)() if roi_loss_name else None
         self.level_values: list[Tensor] = []
-        for module in self.features.losses:
-            module.register_forward_hook(lambda _m, _i, out: self.level_values.append(out.detach()))
+        self.compiled = torch.compile(self.features) if compile_loss else None
+        if record_levels and not compile_loss:  # for the log; off under torch.compile (dynamo guards on the list)
+            for module in self.features.losses:
+                module.register_forward_hook(lambda _m, _i, out: self.level_values.append(out.detach()))
 
     def forward(self, tap: DetectorTap, teacher: nn.Module) -> dict[str, Tensor]:
         self.level_values.clear()
         with torch.no_grad():
             teacher_feats = backbone_features(teacher, tap.images.tensors)
-        student_feats = tap.fpn_features
-        terms = {"feature": self.features(student_feats, list(teacher_feats.values()),
-                                          **feature_loss_inputs(self.features.losses[0], tap))}
+        student_feats, teacher_feats_list = tap.fpn_features, list(teacher_feats.values())
+        criterion = self.features
+        if self.compiled is not None:
+            # Image sizes and box counts change every batch: mark them dynamic to limit recompilation.
+            mark_dynamic_sizes(student_feats, teacher_feats_list, tap.gt_boxes)
+            criterion = self.compiled
+        terms = {"feature": criterion(student_feats, teacher_feats_list,
+                                      **feature_loss_inputs(self.features.losses[0], tap))}
         if self.roi is not None:
             with torch.no_grad():
                 teacher_logits, _ = roi_head_outputs(teacher, teacher_feats, tap.rois, tap.images.image_sizes)
@@ -285,7 +294,8 @@ def distill(student, teacher, distiller, steps, data, args) -> list[dict[str, ob
                 msg += "".join(f" | {k} {v:.3g}" for k, v in record["detection"].items())
                 if terms:
                     msg += "".join(f" | distill_{k} {v:.4g}" for k, v in record["distill"].items())
-                    msg += " | levels " + " ".join(f"{v:.3g}" for v in record["distill_levels"])
+                    if record["distill_levels"]:
+                        msg += " | levels " + " ".join(f"{v:.3g}" for v in record["distill_levels"])
                     msg += f" | weight {weight:.3g} | grad ratio distill/detection {record['grad_ratio']:.3g}"
                 print(msg, flush=True)
     finally:
@@ -328,6 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss-weight", type=float, default=1.0, help="multiplies the distillation loss")
     p.add_argument("--grad-ratio", type=float, default=None,
                    help="set the loss weight on step 0 so that |grad distill| / |grad detection| equals this")
+    p.add_argument("--compile", action="store_true", help="torch.compile the distillation loss (sizes marked dynamic)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval", action="store_true", help="report COCO AP of the student (and teacher) on held-out data")
     p.add_argument("--seed", type=int, default=0)
@@ -366,7 +377,8 @@ def main(argv=None) -> dict[str, object]:
     distiller = None
     if args.loss != "none":
         num_levels = len(teacher.backbone(torch.zeros(1, 3, 64, 64)))
-        distiller = Distiller(args.loss, args.roi_loss, args.fpn_channels, num_levels, two_stage)
+        distiller = Distiller(args.loss, args.roi_loss, args.fpn_channels, num_levels, two_stage,
+                              compile_loss=args.compile)
     data = batches(args.num_train, args.batch_size, args.image_size, args.seed, epoch_seed=args.seed + 2)
     history = distill(student, teacher, distiller, args.steps, data, args)
     result: dict[str, object] = {"args": vars(args), "history": history}

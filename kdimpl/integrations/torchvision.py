@@ -62,7 +62,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DetectorTap", "backbone_features", "roi_head_outputs", "gradient_norm_ratio"]
+__all__ = ["DetectorTap", "backbone_features", "roi_head_outputs", "gradient_norm_ratio", "mark_dynamic_sizes"]
 
 
 class DetectorTap:
@@ -216,3 +216,21 @@ def gradient_norm_ratio(distillation: Tensor, detection: Tensor, parameters: Ite
         return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
 
     return float(norm(distillation) / norm(detection).clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def mark_dynamic_sizes(
+    students: Sequence[Tensor], teachers: Sequence[Tensor], gt_boxes: Sequence[Tensor] | None = None
+) -> None:
+    """Hint ``torch.compile`` that feature sizes and per-image box counts change from batch to batch.
+
+    Call on each batch's inputs before the compiled loss (``torch._dynamo.maybe_mark_dynamic``).
+    It is a hint, not a guarantee: dynamo still specialises a size the compiled code depends on
+    (a box count of 0 or 1 always gets its own graph, and with torch 2.13 the CPU inductor
+    backward pass specialised FGD's feature sizes), so count recompilations with
+    ``python -m benchmarks.losses --step`` before relying on one compilation.
+    """
+    for feature in (*students, *teachers):
+        torch._dynamo.maybe_mark_dynamic(feature, 2)
+        torch._dynamo.maybe_mark_dynamic(feature, 3)
+    for boxes in gt_boxes or ():
+        torch._dynamo.maybe_mark_dynamic(boxes, 0)
