@@ -153,9 +153,10 @@ def teach_detr_loss(
         final layer and every auxiliary decoder layer, each with its own matching and the same
         :math:`M`, and on the two-stage encoder proposals applies the *unweighted* class-agnostic
         loss against the teachers' boxes (not covered here). Its GIoU term is written
-        ``1 - GIoU * s`` (operator precedence) where the paper weights ``1 - GIoU`` by :math:`s`:
-        the gradients are the same, the official value is larger by
-        :math:`\lambda_{GIoU} \sum_{\text{matched}} (1 - s) / M`; here the weighted form. Its
+        ``1 - GIoU * s`` (operator precedence), unlike its L1 term, which is weighted as a whole;
+        here both are weighted as a whole, :math:`s (1 - \mathrm{GIoU})`: the gradients are the
+        same, the official value is larger by :math:`\lambda_{GIoU} \sum_{\text{matched}} (1 - s) / M`.
+        The paper's text was not read here; the equation above is the official code's. Its
         focal cost adds 1e-8 inside the logarithms, :func:`kdimpl.ops.detr_match_cost` 1e-12.
         The sum of the class term runs over all queries of the batch (the official
         ``mean(1).sum() * Q``). The loss declares ``distributed="count"``.
