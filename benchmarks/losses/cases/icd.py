@@ -1,5 +1,5 @@
-"""ICD workload: the five FPN levels flattened into one sequence (S = 22 300 positions), 8 heads of 32 channels,
-120 instance queries per image (20 real + 100 fake, the official ``NUM_NEG_POS_RATIO = 5``), weight 8."""
+"""ICD workload: the harness's five FPN levels flattened into one sequence (S = 89 523 positions), 8 heads of 32
+channels, 120 instance queries per image (20 real + 100 fake, the official ``NUM_NEG_POS_RATIO = 5``), weight 8."""
 
 from __future__ import annotations
 
