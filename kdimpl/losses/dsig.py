@@ -299,7 +299,7 @@ def dsig_logit_loss(
         raise ValueError(f"normalisation must be 'official' or 'batchmean', got {normalisation!r}")
     log_q = torch.log_softmax(upcast(student) / temperature, dim=-1)
     log_p = torch.log_softmax(upcast(teacher.detach()) / temperature, dim=-1).to(log_q.dtype)
-    terms = log_p.exp() * (log_p - log_q) * temperature**2
+    terms = F.kl_div(log_q, log_p, reduction="none", log_target=True) * temperature**2  # p_t (log p_t - log p_s)
     if reduction == "mean" and normalisation == "batchmean":
         return (terms.sum() / max(terms.shape[0], 1)).to(student.dtype)
     return reduce_loss(terms, reduction).to(student.dtype)
