@@ -303,6 +303,10 @@ def baron_bag_loss(
         The official code takes the bag embeddings normalised from the encoder and weights the loss
         by ``bag_weight=1.0``; its queues hold 1024 entries. Within the batch, bags of the same image
         stay negatives (only queue entries are filtered by image).
+
+        Under ``DistributedDataParallel`` the contrast runs over the bags of the process's own images only,
+        so no normaliser makes the gradients equal those of one process on the union batch
+        (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     if text_encoder_student is None:
         raise ValueError("text_encoder_student is required: a callable (words, word_mask) -> (Q, D), "
@@ -327,7 +331,7 @@ def baron_bag_loss(
     return _reduce(terms, reduction, student_words.dtype)
 
 
-@register_loss("baron_bag", function=baron_bag_loss)
+@register_loss("baron_bag", function=baron_bag_loss, distributed="batch")
 class BARONBagLoss(LossModule):
     """Module twin of :func:`baron_bag_loss`; ``loss_weight`` multiplies the result (official ``bag_weight`` 1.0).
 
@@ -407,6 +411,10 @@ def baron_region_loss(
     Notes:
         The official configurations weight this term by ``single_weight=0.1`` (COCO). It is not in
         the paper's equations; the official code adds it to the bag loss.
+
+        Under ``DistributedDataParallel`` the contrast runs over the regions of the process's own images
+        only, so no normaliser makes the gradients equal those of one process on the union batch
+        (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_shapes(student_embeddings=(student_embeddings, "R D"), teacher_embeddings=(teacher_embeddings, "R D"))
     for name, ids in (("region_ids", region_ids), ("image_ids", image_ids)):
@@ -420,7 +428,7 @@ def baron_region_loss(
     return _reduce(terms, reduction, student_embeddings.dtype)
 
 
-@register_loss("baron_region", function=baron_region_loss)
+@register_loss("baron_region", function=baron_region_loss, distributed="batch")
 class BARONRegionLoss(LossModule):
     """Module twin of :func:`baron_region_loss`; ``loss_weight`` multiplies the result (official ``single_weight`` 0.1)."""
 

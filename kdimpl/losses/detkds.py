@@ -511,6 +511,10 @@ def detkds_loss(
         global term, the Faster R-CNN config cannot be built (it passes ``gamma_ins``, which
         ``FeatureLoss`` does not take), and the RetinaNet distiller reads the global and fg/bg
         outputs, so the X101 RetinaNet config (instance branch only) fails on ``None``.
+
+        Under ``DistributedDataParallel`` chains that normalise over the batch (``norm_N``, ``batchnorm``)
+        use the statistics of the process's own images only, so no normaliser makes the gradients equal
+        those of one process on the union batch (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_options(reduction=reduction, temperature=temperature, mask_ratio=mask_ratio, global_weight=global_weight,
                   fbg_weight=fbg_weight, instance_weight=instance_weight)
@@ -571,7 +575,7 @@ def detkds_loss(
     return total.to(student.dtype)
 
 
-@register_loss("detkds", function=detkds_loss)
+@register_loss("detkds", function=detkds_loss, distributed="batch")
 class DetKDSLoss(LossModule):
     """Module twin of :func:`detkds_loss`; ``loss_weight`` multiplies the result.
 

@@ -207,6 +207,10 @@ def gdetkd_contrastive_loss(
         the negatives (todd leaves it in for a zero-area RoI, whose IoU with itself is 0). The
         logits are exact log-space (``logsumexp``); todd exponentiates directly, which is safe only
         because the embeddings are normalised. todd's memory also gathers the batches of every GPU.
+
+        Under ``DistributedDataParallel`` the negatives are the RoIs of the process's own images only, so no
+        normaliser makes the gradients equal those of one process on the union batch
+        (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_options(temperature=temperature, reduction=reduction)
     check_shape(student, "student", "N R D")
@@ -317,7 +321,7 @@ class GDetKDSGFILoss(LossModule):
         super().__init__(**attention, reduction=reduction, loss_weight=loss_weight)
 
 
-@register_loss("gdetkd_contrastive", function=gdetkd_contrastive_loss)
+@register_loss("gdetkd_contrastive", function=gdetkd_contrastive_loss, distributed="batch")
 class GDetKDContrastiveLoss(LossModule):
     """Module twin of :func:`gdetkd_contrastive_loss`; ``loss_weight`` multiplies the result."""
 

@@ -25,6 +25,7 @@ from .._base import LossModule
 from .._checks import check_options, check_shape, check_shapes
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..distributed import reduce_normaliser
 from ..ops import aligned_box_iou, box_cxcywh_to_xyxy
 
 __all__ = ["kd_detr_sample_points"]
@@ -145,6 +146,10 @@ def kd_detr_loss(
         teacher under ``torch.no_grad``). Here every teacher input is detached. With many points
         (300 random plus the teacher's anchors, per image and per layer) the summed class term
         grows with the batch size and the number of points, while the box terms do not.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_shapes(
         student_logits=(student_logits, "N P K"),
@@ -169,7 +174,7 @@ def kd_detr_loss(
     return (terms if reduction == "none" else terms.sum()).to(student_logits.dtype)
 
 
-@register_loss("kd_detr", function=kd_detr_loss)
+@register_loss("kd_detr", function=kd_detr_loss, distributed="sum")
 class KDDETRLoss(LossModule):
     """Module twin of :func:`kd_detr_loss`; ``loss_weight`` multiplies the result."""
 
@@ -259,6 +264,10 @@ def kd_detr_logits_loss(
     Notes:
         The released training script leaves this branch off. Both of its terms detach the teacher.
         A pair counts when both matches are ``>= 0``.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of paired queries; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shapes(
         student_logits=(student_logits, "N Q K"),
@@ -282,13 +291,13 @@ def kd_detr_logits_loss(
     cls = torch.where(paired, _kl_per_row(s_logits, t_logits, temperature), zero)
     smooth = torch.where(paired, F.smooth_l1_loss(s_boxes, t_boxes, beta=beta, reduction="none").sum(dim=-1), zero)
     if reduction == "mean":
-        count = paired.sum().clamp(min=1)
+        count = reduce_normaliser(paired.sum().to(z_s.dtype)).clamp(min=1)
         return (class_weight * cls.sum() / count + l1_weight * smooth.sum() / (4 * count)).to(student_logits.dtype)
     terms = class_weight * cls + l1_weight * smooth
     return (terms if reduction == "none" else terms.sum()).to(student_logits.dtype)
 
 
-@register_loss("kd_detr_logits", function=kd_detr_logits_loss)
+@register_loss("kd_detr_logits", function=kd_detr_logits_loss, distributed="count")
 class KDDETRLogitsLoss(LossModule):
     """Module twin of :func:`kd_detr_logits_loss`; ``loss_weight`` multiplies the result."""
 

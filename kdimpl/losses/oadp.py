@@ -165,6 +165,10 @@ def oadp_relation_loss(
 
     Notes:
         The official configuration weights this term by 8 (linear warm-up over 200 iterations).
+
+        Under ``DistributedDataParallel`` the block relations are computed across the blocks of the
+        process's own images only, so no normaliser makes the gradients equal those of one process on the
+        union batch (:mod:`kdimpl.distributed`, behaviour ``'batch'``).
     """
     check_shapes(student_embeddings=(student_embeddings, "* D"), teacher_embeddings=(teacher_embeddings, "* E"))
     if student_embeddings.shape[:-1] != teacher_embeddings.shape[:-1]:
@@ -176,7 +180,7 @@ def oadp_relation_loss(
     return _reduce((s @ s.T - t @ t.T).square(), reduction, student_embeddings.dtype)
 
 
-@register_loss("oadp_relation", function=oadp_relation_loss)
+@register_loss("oadp_relation", function=oadp_relation_loss, distributed="batch")
 class OADPRelationLoss(LossModule):
     """Module twin of :func:`oadp_relation_loss`; ``loss_weight`` multiplies the result (official 8)."""
 
@@ -230,6 +234,10 @@ def oadp_global_loss(
     Notes:
         The official configuration weights this term by 0.5 (linear warm-up over 200 iterations);
         being a sum over the images of one GPU, it grows with the per-GPU batch size.
+
+        Under ``DistributedDataParallel`` this sum over the batch gets ``1 / world_size`` of the union
+        batch's gradients (DDP averages); multiply ``loss_weight`` by the world size to train as one process
+        would (:mod:`kdimpl.distributed`, behaviour ``'sum'``).
     """
     check_shapes(student_embeddings=(student_embeddings, "N D"), teacher_embeddings=(teacher_embeddings, "N D"))
     check_options(reduction=reduction)
@@ -237,7 +245,7 @@ def oadp_global_loss(
     return _reduce((s - t).square(), reduction, student_embeddings.dtype, mean_is_sum=True)
 
 
-@register_loss("oadp_global", function=oadp_global_loss)
+@register_loss("oadp_global", function=oadp_global_loss, distributed="sum")
 class OADPGlobalLoss(LossModule):
     """Module twin of :func:`oadp_global_loss`; ``loss_weight`` multiplies the result (official 0.5)."""
 

@@ -27,6 +27,7 @@ from .._base import LossModule
 from .._checks import _tracing, check_background_index, check_labels, check_options, check_shapes
 from .._dtypes import upcast
 from .._registry import register_loss
+from ..distributed import reduce_normaliser
 
 __all__ = ["vild_region_logits"]
 
@@ -240,6 +241,10 @@ def vild_image_loss(
         broadcast over the embedding and ``SUM_BY_NONZERO_WEIGHTS`` (a division by ``M * D``), then
         multiplies by ``D``: the division by ``M`` above. The official configuration weights this
         term by 0.5 (``feat_distill_weight``) and uses up to 300 proposals per image.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of valid proposals; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shapes(
         student_embeddings=(student_embeddings, "N M D"),
@@ -258,11 +263,11 @@ def vild_image_loss(
     total = terms.sum()
     if reduction == "mean":
         count = terms.shape[0] * terms.shape[1] if valid_mask is None else valid_mask.bool().sum()
-        total = total / torch.as_tensor(count, dtype=total.dtype, device=total.device).clamp(min=1)
+        total = total / reduce_normaliser(torch.as_tensor(count, dtype=total.dtype, device=total.device)).clamp(min=1)
     return total.to(student_embeddings.dtype)
 
 
-@register_loss("vild_image", function=vild_image_loss)
+@register_loss("vild_image", function=vild_image_loss, distributed="count")
 class ViLDImageLoss(LossModule):
     """Module twin of :func:`vild_image_loss`; ``loss_weight`` multiplies the result (official 0.5)."""
 

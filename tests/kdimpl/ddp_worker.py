@@ -36,7 +36,10 @@ class Distilled(nn.Module):
         size = args[0].shape[0]
         args = [args[0] + self.offset, *args[1:]]
         kwargs = {**kwargs, **self.pieces}
-        if rank is not None:
+        part = all_cases()[name].part
+        if rank is not None and part is not None:
+            args, kwargs = part(args, kwargs, rank, WORLD_SIZE)
+        elif rank is not None:
             args = [_part(value, size, rank) for value in args]
             kwargs = {key: _part(value, size, rank) for key, value in kwargs.items()}
         return kdimpl.get_loss_function(name)(*args, **kwargs, **options)

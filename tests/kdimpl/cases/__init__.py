@@ -32,6 +32,9 @@ class LossCase:
     uses_boxes: bool = True
     half: bool = True  # finite in float16/bfloat16
     gradcheck: bool = True
+    # ``part(args, kwargs, rank, world_size) -> (args, kwargs)``: one process's share of the inputs for the
+    # DDP test, when the batch is not the first dimension of every input (the default splits those)
+    part: Callable[..., tuple[list, dict]] | None = None
 
 
 def random_boxes(generator: torch.Generator, num_boxes: int, image_size: tuple[int, int], device, dtype=torch.float32):

@@ -30,9 +30,16 @@ def _contrastive_inputs(generator, device, dtype, *, batch, height, width, num_b
         "rois": rois, "memory": memory.to(device, dtype)}
 
 
+def _sgfi_part(args, kwargs, rank, world_size):
+    """The student is (levels, RoIs, ...): one process holds a share of the RoIs on every level."""
+    student, teacher = args
+    step = teacher.shape[0] // world_size
+    return [student[:, rank * step:(rank + 1) * step], teacher[rank * step:(rank + 1) * step]], kwargs
+
+
 CASES = [
     # the student (RoI features of every level) and the teacher (one level) have different shapes
-    LossCase("gdetkd_sgfi", _sgfi_inputs, uses_boxes=False, zero_when_equal=False),
+    LossCase("gdetkd_sgfi", _sgfi_inputs, uses_boxes=False, zero_when_equal=False, part=_sgfi_part),
     # a contrastive loss is not zero at student == teacher (the negatives stay)
     LossCase("gdetkd_contrastive", _contrastive_inputs, uses_boxes=False, zero_when_equal=False),
 ]
