@@ -36,6 +36,7 @@ import time
 from functools import partial
 
 import torch
+import torch._functorch.config
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +208,12 @@ class Distiller(nn.Module):
         self.features = kdimpl.MultiLevelLoss(per_level)
         self.roi = kdimpl.get_loss(roi_loss_name)() if roi_loss_name else None
         self.level_values: list[Tensor] = []
-        self.compiled = torch.compile(self.features) if compile_loss else None
+        self.compiled = None
+        if compile_loss:
+            # The gradient-ratio log differentiates the loss with retain_graph=True, which compiled
+            # backward passes that reuse (donate) their buffers refuse.
+            torch._functorch.config.donated_buffer = False
+            self.compiled = torch.compile(self.features)
         if record_levels and not compile_loss:  # for the log; off under torch.compile (dynamo guards on the list)
             for module in self.features.losses:
                 module.register_forward_hook(lambda _m, _i, out: self.level_values.append(out.detach()))
@@ -332,7 +338,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=512, help="training images (fixed set, shuffled)")
     p.add_argument("--num-val", type=int, default=200, help="held-out images for --eval")
     p.add_argument("--steps", type=int, default=200, help="student training steps")
-    p.add_argument("--teacher-steps", type=int, default=300)
+    p.add_argument("--teacher-steps", type=int, default=100)
     p.add_argument("--teacher-checkpoint", default=None, help="load the teacher from here, or train it and save here")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss-weight", type=float, default=1.0, help="multiplies the distillation loss")
