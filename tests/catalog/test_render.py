@@ -430,6 +430,7 @@ def test_a_paper_says_why_kdimpl_has_no_implementation(tmp_path):
     assert build(root) == 0
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert "\nNo implementation in kdimpl: Neither the PDF nor any code is public (\\*yet\\*).\n" in readme
+    assert "\n\n\n" not in readme  # one blank line before the title list, as for every entry
     assert "3 with a reference implementation in kdimpl (1 of them matching the official code's numbers), " \
         "1 with nothing to implement (surveys, papers without a distillation objective or whose text and code " \
         "cannot be read).\n" in readme
