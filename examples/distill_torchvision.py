@@ -174,11 +174,16 @@ def build_feature_loss(name: str, channels: int, two_stage: bool) -> nn.Module:
 
 
 def feature_loss_names(two_stage: bool = False) -> list[str]:
+    """Registered losses that take this script's inputs and accept a pair of (N, C, H, W) FPN maps."""
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[10.0, 8.0, 60.0, 60.0]])]
+    inputs = {"gt_boxes": boxes, "instance_boxes": boxes, "image_size": (64, 64), "proposals": boxes}
     names = []
     for name in kdimpl.list_losses():
         try:
-            build_feature_loss(name, 8, two_stage)
-        except (ValueError, TypeError):
+            loss = build_feature_loss(name, 8, two_stage)
+            params = inspect.signature(loss.forward).parameters
+            loss(torch.randn(2, 8, 16, 16), torch.randn(2, 8, 16, 16), **{k: v for k, v in inputs.items() if k in params})
+        except Exception:  # noqa: BLE001 - a loss over other shapes (logits, queries, RoI features)
             continue
         names.append(name)
     return names
