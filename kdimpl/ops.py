@@ -22,6 +22,7 @@ __all__ = [
     "hungarian_match",
     "nms_top_k",
     "roi_align_padded",
+    "sigmoid_focal_loss",
 ]
 
 
@@ -224,6 +225,24 @@ def nms_top_k(boxes: Tensor, scores: Tensor, k: int, iou_threshold: float) -> tu
     if k == 0:
         return rows.new_zeros(n, 0), torch.zeros(n, 0, dtype=torch.bool, device=scores.device)
     return torch.stack(indices, dim=1), torch.stack(kept, dim=1)
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    r"""Sigmoid focal loss per element (Lin et al., ICCV 2017), unreduced.
+
+    :math:`\mathrm{BCE}(z, q)\,\big(\alpha q + (1 - \alpha)(1 - q)\big)\,p_t^\gamma` with
+    :math:`p = \sigma(z)` and :math:`p_t = (1 - p) q + p (1 - q)`, the form of mmdetection's and
+    Deformable DETR's ``sigmoid_focal_loss`` (soft targets ``q`` allowed).
+
+    Example:
+        >>> import torch
+        >>> sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    p = logits.sigmoid()
+    pt = (1 - p) * targets + p * (1 - targets)
+    weight = alpha * targets + (1 - alpha) * (1 - targets)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight * pt.pow(gamma)
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:

@@ -29,7 +29,14 @@ from .._checks import _tracing, check_image_size, check_labels, check_options, c
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..masks import image_hw, pad_boxes
-from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, box_iou, detr_match_cost, hungarian_match
+from ..ops import (
+    aligned_box_iou,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    detr_match_cost,
+    hungarian_match,
+    sigmoid_focal_loss,
+)
 
 __all__ = ["detrdistill_query_weights"]
 
@@ -492,10 +499,7 @@ def detrdistill_group_loss(
         target_boxes = _gather_rows(gt_norm, index)
         # the assignment of a NaN teacher is meaningless: show it in the loss
         poison = (z_t.sum() + b_t.sum()) * 0
-    p = z_s.sigmoid()
-    pt = (1 - p) * target + p * (1 - target)
-    focal = F.binary_cross_entropy_with_logits(z_s, target, reduction="none") * (
-        focal_alpha * target + (1 - focal_alpha) * (1 - target)) * pt.pow(focal_gamma)
+    focal = sigmoid_focal_loss(z_s, target, alpha=focal_alpha, gamma=focal_gamma)
     l1, giou = _box_terms(b_s, target_boxes)
     terms = class_weight * focal.sum(dim=-1) + is_matched * (l1_weight * l1 + giou_weight * giou) + poison
     return _reduce(terms, is_matched.sum(), reduction, student_logits.dtype)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_boxes, check_shapes
-from ..ops import aligned_box_iou, box_iou
+from ..ops import aligned_box_iou, box_iou, sigmoid_focal_loss
 
 __all__ = ["LADAssignment", "lad_assign", "lad_fit_gmm", "lad_select"]
 
@@ -117,10 +117,7 @@ def _candidate_losses(logits: Tensor, boxes: Tensor, labels: Tensor, targets: Te
                       gamma: float, cls_weight: float, bbox_weight: float) -> Tensor:
     """PAA's per-candidate teacher loss: focal loss summed over classes plus weighted ``1 - GIoU``."""
     target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-    prob = logits.sigmoid()
-    pt = (1 - prob) * target + prob * (1 - target)
-    focal = alpha * target + (1 - alpha) * (1 - target)
-    cls = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal * pt.pow(gamma)
+    cls = sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma)
     giou = aligned_box_iou(boxes, targets, generalized=True)
     return cls_weight * cls.sum(dim=-1) + bbox_weight * (1 - giou)
 

@@ -28,7 +28,7 @@ from .._dtypes import upcast
 from .._registry import register_loss
 from ..distributed import reduce_normaliser
 from ..masks import image_hw, pad_boxes
-from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match
+from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match, sigmoid_focal_loss
 
 __all__: list[str] = []
 
@@ -192,10 +192,7 @@ def teach_detr_loss(
         matched_boxes = torch.gather(target_boxes, 1, index[..., None].expand(-1, -1, 4))
         matched_scores = torch.gather(scores, 1, index)
         class_scores = torch.where(is_matched, matched_scores, torch.full_like(matched_scores, background_weight))
-    p = z.sigmoid()
-    pt = (1 - p) * target + p * (1 - target)
-    focal = F.binary_cross_entropy_with_logits(z, target, reduction="none") * (
-        focal_alpha * target + (1 - focal_alpha) * (1 - target)) * pt.pow(focal_gamma)
+    focal = sigmoid_focal_loss(z, target, alpha=focal_alpha, gamma=focal_gamma)
     l1 = (b - matched_boxes).abs().sum(dim=-1)
     giou = 1 - aligned_box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(matched_boxes), generalized=True)
     box = torch.where(is_matched, matched_scores * (l1_weight * l1 + giou_weight * giou), 0.0)

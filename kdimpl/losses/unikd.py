@@ -47,7 +47,14 @@ from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.unikd import _normalised_cxcywh
 from ..masks import image_hw, pad_boxes
-from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, box_iou, detr_match_cost, hungarian_match
+from ..ops import (
+    aligned_box_iou,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    detr_match_cost,
+    hungarian_match,
+    sigmoid_focal_loss,
+)
 
 __all__ = [
     "unikd_content_extractor_loss",
@@ -230,14 +237,6 @@ def unikd_sample_position_boxes(
 
 
 # --------------------------------------------------------------------------- extractor objectives
-def _focal(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Sigmoid focal loss elements (Lin et al.; the form of torchvision's ``sigmoid_focal_loss``)."""
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    return ce * (1 - p_t).pow(gamma) * (alpha * targets + (1 - alpha) * (1 - targets))
-
-
 def _targets(
     gt_boxes: Sequence[Tensor] | Tensor, gt_labels: Sequence[Tensor] | Tensor, image_size, n: int, num_classes: int, like: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -268,7 +267,7 @@ def _set_loss(logits, boxes, matched, target, onehot, count, class_weight, l1_we
     picked_boxes = torch.gather(target, 1, index[..., None].expand(n, q, 4))
     picked_labels = torch.gather(onehot, 1, index[..., None].expand(n, q, onehot.shape[-1]))
     cls_target = picked_labels * has[..., None].to(logits.dtype)
-    cls = _focal(logits, cls_target, alpha, gamma).sum()
+    cls = sigmoid_focal_loss(logits, cls_target, alpha=alpha, gamma=gamma).sum()
     weight = has.to(boxes.dtype)
     l1 = ((boxes - picked_boxes).abs().sum(-1) * weight).sum()
     giou = aligned_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(picked_boxes), generalized=True)

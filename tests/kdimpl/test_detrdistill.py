@@ -304,3 +304,13 @@ def test_pred_loss_checks_shapes():
     with pytest.raises(TypeError, match="student_boxes"):
         detrdistill_pred_loss(torch.randn(2, 4, 3), torch.randn(2, 4, 3), torch.ones(2, 4, 4, dtype=torch.long),
                               torch.rand(2, 4, 4))
+
+
+def test_sigmoid_focal_loss_is_the_textbook_form():
+    from kdimpl.ops import sigmoid_focal_loss
+
+    z = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    p = z.sigmoid()
+    ones, zeros = torch.ones_like(z), torch.zeros_like(z)
+    torch.testing.assert_close(sigmoid_focal_loss(z, ones, alpha=0.3, gamma=2.0), -0.3 * (1 - p) ** 2 * p.log())
+    torch.testing.assert_close(sigmoid_focal_loss(z, zeros, alpha=0.3, gamma=2.0), -0.7 * p**2 * (1 - p).log())
