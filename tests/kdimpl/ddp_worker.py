@@ -7,6 +7,7 @@ on 127.0.0.1 and compares what rank 0 saves with :func:`union_gradients` in the 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import torch
@@ -36,7 +37,7 @@ class Distilled(nn.Module):
         size = args[0].shape[0]
         args = [args[0] + self.offset, *args[1:]]
         kwargs = {**kwargs, **self.pieces}
-        part = all_cases()[name].part
+        part = _cases()[name].part
         if rank is not None and part is not None:
             args, kwargs = part(args, kwargs, rank, WORLD_SIZE)
         elif rank is not None:
@@ -45,8 +46,14 @@ class Distilled(nn.Module):
         return kdimpl.get_loss_function(name)(*args, **kwargs, **options)
 
 
+@functools.cache
+def _cases():
+    """The contract cases, collected once per process (every loss is run several times)."""
+    return all_cases()
+
+
 def inputs(name: str):
-    case = all_cases()[name]
+    case = _cases()[name]
     generator = torch.Generator().manual_seed(0)
     args, kwargs = case.make_inputs(generator, "cpu", torch.float64, **SHAPE)
     pieces = {key: value for key, value in kwargs.items() if isinstance(value, nn.Module)}
