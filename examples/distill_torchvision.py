@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kdimpl  # noqa: E402
+from kdimpl.masks import pad_boxes  # noqa: E402
 from kdimpl.integrations.torchvision import (  # noqa: E402
     DetectorTap,
     backbone_features,
@@ -151,7 +152,9 @@ def build_detector(kind: str, backbone_name: str, image_size: int, fpn_channels:
 # Distillation losses
 
 #: Inputs this script can give a feature loss besides student and teacher features.
-PROVIDED = {"gt_boxes", "image_size", "instance_boxes", "level", "num_levels", "proposals"}
+PROVIDED = {"gt_boxes", "gt_mask", "image_size", "instance_boxes", "level", "num_levels", "proposals"}
+#: Rows the boxes are padded to for a compiled loss (more than any synthetic image holds).
+BOX_CAPACITY = 32
 
 
 def _required(fn) -> list[str]:
@@ -189,12 +192,21 @@ def feature_loss_names(two_stage: bool = False) -> list[str]:
     return names
 
 
-def feature_loss_inputs(loss: nn.Module, tap: DetectorTap) -> dict[str, object]:
-    """The keyword inputs ``loss`` takes, from what the tap recorded (all in the padded-batch frame)."""
+def feature_loss_inputs(loss: nn.Module, tap: DetectorTap, box_capacity: int | None = None) -> dict[str, object]:
+    """The keyword inputs ``loss`` takes, from what the tap recorded (all in the padded-batch frame).
+
+    With ``box_capacity`` (for a compiled loss), a loss that takes ``gt_mask`` gets its boxes padded
+    to that many rows with their mask, and ``image_size`` comes as a tensor: the same shapes every
+    batch, so one graph serves them all (see :func:`kdimpl.integrations.torchvision.mark_dynamic_sizes`).
+    """
+    params = inspect.signature(loss.forward).parameters
     available = {"gt_boxes": tap.gt_boxes, "instance_boxes": tap.gt_boxes, "image_size": tap.image_size}
+    if box_capacity is not None:
+        available["image_size"] = torch.tensor(tap.image_size)
+        if "gt_mask" in params:
+            available["gt_boxes"], available["gt_mask"] = pad_boxes(tap.gt_boxes, min_boxes=box_capacity)
     if tap.rois is not None:
         available["proposals"] = [r.detach() for r in tap.rois]
-    params = inspect.signature(loss.forward).parameters
     return {k: v for k, v in available.items() if k in params}
 
 
@@ -214,6 +226,7 @@ class Distiller(nn.Module):
         self.roi = kdimpl.get_loss(roi_loss_name)() if roi_loss_name else None
         self.level_values: list[Tensor] = []
         self.compiled = None
+        self.box_capacity = BOX_CAPACITY
         if compile_loss:
             # The gradient-ratio log differentiates the loss with retain_graph=True, which compiled
             # backward passes that reuse (donate) their buffers refuse.
@@ -229,12 +242,12 @@ class Distiller(nn.Module):
             teacher_feats = backbone_features(teacher, tap.images.tensors)
         student_feats, teacher_feats_list = tap.fpn_features, list(teacher_feats.values())
         criterion = self.features
+        inputs = feature_loss_inputs(self.features.losses[0], tap, self.box_capacity if self.compiled is not None else None)
         if self.compiled is not None:
-            # Image sizes and box counts change every batch: mark them dynamic to limit recompilation.
-            mark_dynamic_sizes(student_feats, teacher_feats_list, tap.gt_boxes)
+            # Feature sizes change every batch: marked dynamic, with the boxes padded to a fixed capacity.
+            mark_dynamic_sizes(student_feats, teacher_feats_list, inputs.get("gt_boxes"))
             criterion = self.compiled
-        terms = {"feature": criterion(student_feats, teacher_feats_list,
-                                      **feature_loss_inputs(self.features.losses[0], tap))}
+        terms = {"feature": criterion(student_feats, teacher_feats_list, **inputs)}
         if self.roi is not None:
             with torch.no_grad():
                 teacher_logits, _ = roi_head_outputs(teacher, teacher_feats, tap.rois, tap.images.image_sizes)

@@ -175,11 +175,18 @@ def check_unit_interval(value: float, name: str) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
-def check_boxes(gt_boxes: Sequence[Tensor] | Tensor, batch_size: int, name: str = "gt_boxes") -> None:
+def check_boxes(
+    gt_boxes: Sequence[Tensor] | Tensor,
+    batch_size: int,
+    name: str = "gt_boxes",
+    mask: Tensor | None = None,
+    mask_name: str = "gt_mask",
+) -> None:
     """Check per-image boxes in ``x1, y1, x2, y2`` pixels of the input tensor.
 
     ``gt_boxes`` is a sequence of ``N`` tensors of shape ``(M_i, 4)`` or one padded ``(N, M, 4)``
-    tensor. Refuses a wrong number of images, non-finite coordinates, and
+    tensor, optionally with ``mask``, an ``(N, M)`` bool tensor of its real rows (the others are
+    padding and are not checked). Refuses a wrong number of images, non-finite coordinates, and
     boxes with ``x2 < x1`` or ``y2 < y1`` (the usual sign of ``cxcywh`` or ``xywh`` boxes).
     """
     if _tracing():
@@ -191,9 +198,19 @@ def check_boxes(gt_boxes: Sequence[Tensor] | Tensor, batch_size: int, name: str 
         )
     if isinstance(gt_boxes, Tensor):
         check_shape(gt_boxes, name, "N M 4", floating=False)
-        per_image = [gt_boxes.reshape(-1, 4)]
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != gt_boxes.shape[:2]:
+                raise ValueError(
+                    f"{mask_name} must be a bool tensor of shape {tuple(gt_boxes.shape[:2])} (N, M) marking the real "
+                    f"rows of the padded {name}, got {_describe(mask)}"
+                    + (f" of dtype {mask.dtype}" if isinstance(mask, Tensor) else "")
+                )
+        per_image = [gt_boxes.reshape(-1, 4) if mask is None else gt_boxes[mask]]
         count = gt_boxes.shape[0]
     else:
+        if mask is not None:
+            raise ValueError(f"{mask_name} marks the real rows of a padded (N, M, 4) {name} tensor; with a list of "
+                             f"per-image {name} leave it None")
         for i, boxes in enumerate(gt_boxes):
             if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"{name}[{i}] must be a tensor of shape (M, 4) in x1, y1, x2, y2 pixels, got "

@@ -12,10 +12,12 @@ to give the rows and columns each box covers (:func:`box_rows_cols`), whose prod
 gives the map: ``sum`` for how many boxes cover a cell (:func:`cover_counts`), ``amax`` for the
 largest weight of a covering box (:func:`max_cover`).
 
-Compiling: shapes depend on ``M``, so a list whose longest entry changes from batch to batch
-makes a graph per box count. Pad the boxes to a fixed capacity instead (``(N, M_max, 4)`` with
-``valid`` marking the real ones); then ``torch.compile(..., dynamic=False)`` builds one graph for
-any number of boxes.
+Compiling: ``torch.compile`` guards on the per-image box counts of a list (a count of 0 or 1
+always gets its own graph, and the longest entry sets ``M``), so a list whose counts change from
+batch to batch compiles again and again. Pad the boxes once, outside the compiled loss, to a
+fixed capacity (``pad_boxes(gt_boxes, min_boxes=M_max)``) and pass the padded ``(N, M, 4)``
+tensor with its mask (the losses' ``gt_mask``); the box axis then has the same size every
+batch, and one graph serves any number of boxes.
 """
 
 from __future__ import annotations
@@ -49,32 +51,52 @@ def pad_boxes(
     *,
     batch_size: int | None = None,
     name: str = "gt_boxes",
+    mask_name: str = "gt_mask",
+    min_boxes: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Check per-image boxes (count, finite, x1 <= x2 and y1 <= y2) and stack them into one padded tensor.
 
     Args:
         gt_boxes: ``N`` tensors of shape ``(M_i, 4)``, or an already padded ``(N, M, 4)`` tensor.
-        valid: for a padded tensor, an optional ``(N, M)`` bool mask of real boxes (default: all).
+        valid: for a padded tensor, an optional ``(N, M)`` bool mask of real boxes (default: all);
+            padding rows are not checked and come back as zeros.
         batch_size: the number of images the boxes must cover (default: as many as given).
         name: the argument's name in error messages.
+        mask_name: the name of ``valid`` in error messages.
+        min_boxes: pad to at least this many rows. A fixed capacity keeps the shapes of
+            everything downstream the same from batch to batch, so ``torch.compile`` builds one
+            graph whatever the box counts (see the module docstring).
 
     Returns:
         ``(boxes, valid)``: ``(N, M, 4)`` boxes (padding is zeros) and the ``(N, M)`` bool mask,
-        with ``M = max(M_i)`` (``M`` may be 0). An empty list (a batch of no images) gives
-        float32 ``(0, 0, 4)`` boxes on the CPU.
+        with ``M = max(M_i, min_boxes)`` (``M`` may be 0). An empty list (a batch of no images)
+        gives float32 ``(0, min_boxes, 4)`` boxes on the CPU.
+
+    Example:
+        >>> import torch
+        >>> boxes, valid = pad_boxes([torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)], min_boxes=4)
+        >>> boxes.shape, valid.sum(dim=1).tolist()
+        (torch.Size([2, 4, 4]), [1, 0])
     """
-    check_boxes(gt_boxes, len(gt_boxes) if batch_size is None else batch_size, name)
+    check_boxes(gt_boxes, len(gt_boxes) if batch_size is None else batch_size, name, valid, mask_name)
     if isinstance(gt_boxes, Tensor):
         if valid is None:
             valid = torch.ones(gt_boxes.shape[:2], dtype=torch.bool, device=gt_boxes.device)
+        else:  # padding rows may hold anything; zeros keep them finite in every product with the mask
+            gt_boxes = gt_boxes.masked_fill(~valid[..., None], 0)
+        extra = min_boxes - gt_boxes.shape[1]
+        if extra > 0:
+            gt_boxes = torch.cat([gt_boxes, gt_boxes.new_zeros(gt_boxes.shape[0], extra, 4)], dim=1)
+            valid = torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], dim=1)
         return gt_boxes, valid
     if len(gt_boxes) == 0:
-        return torch.zeros(0, 0, 4), torch.zeros(0, 0, dtype=torch.bool)
+        return torch.zeros(0, min_boxes, 4), torch.zeros(0, min_boxes, dtype=torch.bool)
     counts = [b.shape[0] for b in gt_boxes]
     ref = gt_boxes[0]
     dtype = ref.dtype if ref.is_floating_point() else torch.promote_types(ref.dtype, torch.float32)
-    padded = ref.new_zeros((len(gt_boxes), max(counts), 4), dtype=dtype)
-    mask = torch.zeros((len(gt_boxes), max(counts)), dtype=torch.bool, device=ref.device)
+    size = max(*counts, min_boxes)
+    padded = ref.new_zeros((len(gt_boxes), size, 4), dtype=dtype)
+    mask = torch.zeros((len(gt_boxes), size), dtype=torch.bool, device=ref.device)
     for i, (boxes, count) in enumerate(zip(gt_boxes, counts)):  # one loop over images, not boxes
         padded[i, :count] = boxes.to(dtype)
         mask[i, :count] = True
@@ -168,23 +190,23 @@ def max_cover(bounds: Tensor, valid: Tensor, weight: Tensor, feature_size: Seque
 
 
 def foreground_mask(
-    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], valid: Tensor | None = None
+    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], gt_mask: Tensor | None = None
 ) -> Tensor:
     """Binary ``(N, H, W)`` mask of the cells covered by any box (:func:`box_cell_bounds` covering)."""
-    boxes, valid = pad_boxes(gt_boxes, valid)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     counts = cover_counts(box_cell_bounds(boxes, image_size, feature_size), valid, feature_size)
     return counts.clamp(max=1)
 
 
 def inverse_area_mask(
-    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], valid: Tensor | None = None
+    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], gt_mask: Tensor | None = None
 ) -> Tensor:
     """``(N, H, W)`` mask holding, per cell, the largest ``1 / area`` of the boxes covering it (0 elsewhere).
 
     Areas are counted in visible cells of the :func:`box_cell_bounds` covering, so small boxes
     get large weights (FGD, Eq. 4).
     """
-    boxes, valid = pad_boxes(gt_boxes, valid)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     bounds = box_cell_bounds(boxes, image_size, feature_size)
     area = (bounds[..., 2] - bounds[..., 0] + 1).clamp(min=1) * (bounds[..., 3] - bounds[..., 1] + 1).clamp(min=1)
     return max_cover(bounds, valid, area.reciprocal(), feature_size)  # empty boxes cover no cell

@@ -27,14 +27,20 @@ __all__ = [
 
 
 def padded_boxes(
-    gt_boxes: Sequence[Tensor] | Tensor, batch_size: int, *, dtype: torch.dtype | None = None, device=None
+    gt_boxes: Sequence[Tensor] | Tensor,
+    batch_size: int,
+    *,
+    gt_mask: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
 ) -> tuple[Tensor, Tensor]:
     """Checked per-image boxes as one ``(N, M, 4)`` tensor and its ``(N, M)`` bool mask of real boxes.
 
+    ``gt_mask`` marks the real rows of an already padded ``gt_boxes`` tensor (default: all).
     ``dtype`` defaults to the boxes' floating dtype (at least float32). An empty batch (``N = 0``,
     an empty list) gives ``(0, 0, 4)`` boxes.
     """
-    boxes, valid = pad_boxes(gt_boxes, batch_size=batch_size)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask, batch_size=batch_size)
     dtype = dtype or torch.promote_types(boxes.dtype, torch.float32)
     return boxes.to(device=device or boxes.device, dtype=dtype), valid.to(device or boxes.device)
 

@@ -13,9 +13,10 @@ For each loss it reports:
   medians over the batches, and the loss's share of the step: loss / (step without the loss +
   loss);
 - compile time: the first compiled call minus the eager median;
-- recompilations over ``--batches`` batches with varying box counts and feature sizes, with
-  those sizes marked dynamic (:func:`kdimpl.integrations.torchvision.mark_dynamic_sizes`)
-  unless ``--no-mark-dynamic``:
+- recompilations over ``--batches`` batches with varying box counts and feature sizes, given
+  the compile recipe of :func:`kdimpl.integrations.torchvision.mark_dynamic_sizes` (boxes padded
+  to ``--box-capacity`` rows with their ``gt_mask``, ``image_size`` as a tensor, feature sizes
+  marked dynamic) unless ``--no-mark-dynamic``:
   ``torch._dynamo`` compiles counted per call (``counters["stats"]["unique_graphs"]``) after
   the first call, and the reasons dynamo logged for each recompile.
 """
@@ -36,6 +37,7 @@ import torch._functorch.config
 import torch._inductor.config
 
 from kdimpl.integrations.torchvision import mark_dynamic_sizes
+from kdimpl.masks import pad_boxes
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "distill_torchvision.py"
 
@@ -91,20 +93,26 @@ def full_step(example, student, teacher, distiller, images, targets) -> float:
         tap.remove()
 
 
-def loss_step(criterion, inputs) -> float:
+def loss_step(criterion, inputs, kwargs=None) -> float:
     students, teachers, boxes, image_size = inputs
+    kwargs = _shared(criterion, boxes, image_size) if kwargs is None else kwargs
 
     def step() -> None:
         for s in students:
             s.grad = None
-        criterion(students, teachers, **_shared(criterion, boxes, image_size)).backward()
+        criterion(students, teachers, **kwargs).backward()
 
     return _timed(step)
 
 
-def _shared(criterion, boxes, image_size):
+def _shared(criterion, boxes, image_size, box_capacity=None):
+    """The loss's keyword inputs; with ``box_capacity``, the compile recipe: padded boxes, their mask, a tensor size."""
     params = inspect.signature(criterion.losses[0].forward).parameters
     available = {"gt_boxes": boxes, "instance_boxes": boxes, "image_size": image_size}
+    if box_capacity is not None:
+        available["image_size"] = torch.tensor(image_size)
+        if "gt_mask" in params:
+            available["gt_boxes"], available["gt_mask"] = pad_boxes(boxes, min_boxes=box_capacity)
     return {k: v for k, v in available.items() if k in params}
 
 
@@ -120,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="both", choices=["eager", "compile", "both"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-mark-dynamic", dest="mark_dynamic", action="store_false",
-                        help="compile without marking feature sizes and box counts dynamic (recompiles as they change)")
+                        help="compile on the plain inputs (box lists, integer image size, sizes not marked dynamic): "
+                             "recompiles as they change")
+    parser.add_argument("--box-capacity", type=int, default=32,
+                        help="rows the boxes are padded to for the compiled loss (at least --max-boxes)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             compiled = torch.compile(criterion)
             times, graphs = [], []
             for x in inputs:
+                kwargs = _shared(criterion, x[2], x[3], args.box_capacity if args.mark_dynamic else None)
                 if args.mark_dynamic:
-                    mark_dynamic_sizes(x[0], x[1], x[2])
-                times.append(loss_step(compiled, x))
+                    mark_dynamic_sizes(x[0], x[1], kwargs.get("gt_boxes"))
+                times.append(loss_step(compiled, x, kwargs))
                 graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
             row["compiled_ms"] = 1e3 * statistics.median(times[len(times) // 2:])
             row["compiled_share"] = row["compiled_ms"] / (base_ms + row["compiled_ms"])

@@ -64,7 +64,11 @@ class FGDGlobalContext(nn.Module):
     def context(self, x: Tensor) -> Tensor:
         """Attention-pooled context ``(N, C, 1, 1)``: a softmax over positions of ``W_k x`` weights ``x``."""
         n, c, h, w = x.shape
-        weights = F.softmax(self.conv_mask(x).reshape(n, 1, h * w), dim=-1)
+        # W_k x as the channel contraction it is (equal to the 1x1 convolution with these weights): under
+        # torch.compile, inductor's lowering of a convolution's backward specialises the map's size, so a
+        # convolution here would compile again for every feature size (torch 2.13).
+        logits = torch.einsum("nchw,c->nhw", x, self.conv_mask.weight.flatten()) + self.conv_mask.bias
+        weights = F.softmax(logits.reshape(n, 1, h * w), dim=-1)
         return torch.bmm(x.reshape(n, c, h * w), weights.transpose(1, 2)).reshape(n, c, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:

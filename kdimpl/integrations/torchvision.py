@@ -219,18 +219,40 @@ def gradient_norm_ratio(distillation: Tensor, detection: Tensor, parameters: Ite
 
 
 def mark_dynamic_sizes(
-    students: Sequence[Tensor], teachers: Sequence[Tensor], gt_boxes: Sequence[Tensor] | None = None
+    students: Sequence[Tensor], teachers: Sequence[Tensor], gt_boxes: Sequence[Tensor] | Tensor | None = None
 ) -> None:
-    """Hint ``torch.compile`` that feature sizes and per-image box counts change from batch to batch.
+    """Hint ``torch.compile`` that feature sizes (and box counts) change from batch to batch.
 
-    Call on each batch's inputs before the compiled loss (``torch._dynamo.maybe_mark_dynamic``).
-    It is a hint, not a guarantee: dynamo still specialises a size the compiled code depends on
-    (a box count of 0 or 1 always gets its own graph, and with torch 2.13 the CPU inductor
-    backward pass specialised FGD's feature sizes), so count recompilations with
-    ``python -m benchmarks.losses --step`` before relying on one compilation.
+    Call on each batch's inputs before the compiled loss (``torch._dynamo.maybe_mark_dynamic`` on
+    the maps' height and width, and on the box axis of ``gt_boxes``). One graph for every batch
+    takes three things together:
+
+    - boxes padded to a fixed capacity with their mask, outside the compiled loss:
+      ``gt_boxes, gt_mask = kdimpl.masks.pad_boxes(tap.gt_boxes, min_boxes=M)``, passed as
+      ``gt_boxes=gt_boxes, gt_mask=gt_mask``. A list of per-image boxes makes a graph per pattern
+      of counts: dynamo gives a count of 0 or 1 its own graph and guards on the longest entry;
+    - ``image_size`` as a tensor (``torch.tensor(tap.image_size)``): integers are specialised,
+      so every new padded size would compile again;
+    - this call, for the feature sizes.
+
+    With these, the box losses that take ``gt_mask`` compile once (tested). Two limits of torch
+    2.13's inductor remain, both about convolutions inside the compiled loss:
+
+    - a convolution over the feature maps (an adapter the loss module holds, such as DeFeat's)
+      compiles once per feature size: the lowering of its backward fixes its inputs' strides.
+      Apply such adapters outside the compiled loss where that matters;
+    - on the CPU, any convolution (DRKD's, over RoI features) turns on channels-last layout
+      optimisation, whose guards bound the feature sizes; pass
+      ``options={"layout_optimization": False}`` to ``torch.compile``.
+
+    Count recompilations with ``python -m benchmarks.losses --step`` before relying on one
+    compilation.
     """
     for feature in (*students, *teachers):
         torch._dynamo.maybe_mark_dynamic(feature, 2)
         torch._dynamo.maybe_mark_dynamic(feature, 3)
-    for boxes in gt_boxes or ():
-        torch._dynamo.maybe_mark_dynamic(boxes, 0)
+    if isinstance(gt_boxes, Tensor):
+        torch._dynamo.maybe_mark_dynamic(gt_boxes, 1)
+    else:
+        for boxes in gt_boxes or ():
+            torch._dynamo.maybe_mark_dynamic(boxes, 0)

@@ -57,8 +57,7 @@ def _feature_stride(image_size: Sequence[int] | Tensor, feature_size: Sequence[i
     the stride is the smallest power of two at least the larger ratio of the two axes.
     """
     size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device).reshape(-1, 2)
-    cells = torch.tensor([float(feature_size[0]), float(feature_size[1])], dtype=like.dtype, device=like.device)
-    ratio = (size / cells).amax(dim=1)
+    ratio = torch.maximum(size[:, 0] / feature_size[0], size[:, 1] / feature_size[1])
     # log2 of an exact power of two may round up by an ulp: the tolerance keeps 64 at 64
     return torch.exp2(torch.ceil(torch.log2(ratio) - 1e-3)).reshape(-1, 1, 1)
 
@@ -87,6 +86,7 @@ def defeat_gt_mask(
     image_size: Sequence[int] | Tensor,
     feature_size: Sequence[int],
     *,
+    gt_mask: Tensor | None = None,
     level: int = 0,
     num_levels: int = 1,
     finest_scale: float = 56.0,
@@ -102,6 +102,7 @@ def defeat_gt_mask(
         gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels of the padded input, or ``(N, M, 4)``.
         image_size: ``(height, width)`` of the padded input tensor, or ``(N, 2)``.
         feature_size: ``(H, W)`` of this level's map.
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
         level: this level's index among the ``num_levels`` levels (0 = finest).
         num_levels: number of levels the boxes are spread over (1: every box on this level).
         finest_scale: the level rule's :math:`s_0` (56).
@@ -119,7 +120,7 @@ def defeat_gt_mask(
         raise ValueError(f"level must be in [0, num_levels={num_levels}), got {level}")
     batch = len(gt_boxes)
     check_image_size(image_size, batch)
-    boxes, valid = padded_boxes(gt_boxes, batch)
+    boxes, valid = padded_boxes(gt_boxes, batch, gt_mask=gt_mask)
     stride = _feature_stride(image_size, feature_size, boxes)
     on_level = valid & (defeat_box_levels(boxes, num_levels, finest_scale) == level)
     bounds = _level_cell_bounds(boxes, stride, feature_size)
@@ -134,6 +135,7 @@ def defeat_loss(
     level: int = 0,
     num_levels: int = 1,
     *,
+    gt_mask: Tensor | None = None,
     adapter_student: nn.Module | None = None,
     fg_weight: float = 3.0,
     bg_weight: float = 12.0,
@@ -159,6 +161,9 @@ def defeat_loss(
         gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels of the input tensor (or padded ``(N, M, 4)``).
         image_size: ``(height, width)`` of the (padded) input tensor, or ``(N, 2)``; the level's
             stride is derived from it and the feature size.
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         level: index of this feature map among ``num_levels`` (0 = finest); boxes are assigned to
             levels first, so only those assigned to ``level`` enter its mask.
         num_levels: number of FPN levels (default 1: every box enters this level's mask).
@@ -210,10 +215,11 @@ def defeat_loss(
     student = student if adapter_student is None else adapter_student(student)
     check_feature_pair(student, teacher)
     check_options(fg_weight=fg_weight, bg_weight=bg_weight, reduction=reduction)
-    check_boxes(gt_boxes, student.shape[0])
+    check_boxes(gt_boxes, student.shape[0], mask=gt_mask)
     check_image_size(image_size, student.shape[0], student)
     mask = defeat_gt_mask(
-        gt_boxes, image_size, student.shape[2:], level=level, num_levels=num_levels, finest_scale=finest_scale
+        gt_boxes, image_size, student.shape[2:], gt_mask=gt_mask, level=level, num_levels=num_levels,
+        finest_scale=finest_scale,
     )
     s = upcast(student)
     t = upcast(teacher.detach())

@@ -160,6 +160,7 @@ def drkd_instance_loss(
     gt_boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int] | Tensor,
     *,
+    gt_mask: Tensor | None = None,
     relation_student: Module = None,
     relation_teacher: Module = None,
     relation_adapter_student: Module = None,
@@ -192,6 +193,9 @@ def drkd_instance_loss(
         image_size: ``(height, width)`` of the (padded) input tensor, or ``(N, 2)``. The official code
             uses the scale ``W_l / (4 W_{P2})`` on both axes, which equals ``W / width`` for a padded
             input of ``4 H_{P2} x 4 W_{P2}``.
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         relation_student: :math:`\mathcal{R}_S`, mapping ``(N, M, D)`` instance features and the
             ``(N, M)`` validity mask to ``(N, M, D)`` (:class:`kdimpl.adapters.InstanceRelation`), or
             ``None`` for identity.
@@ -251,7 +255,7 @@ def drkd_instance_loss(
     n, c = student.shape[:2]
     s = upcast(student)
     # checked before RoIAlign: a non-finite box or a zero image size would sample out of the map
-    boxes, valid = padded_boxes(gt_boxes, n, dtype=s.dtype, device=s.device)
+    boxes, valid = padded_boxes(gt_boxes, n, gt_mask=gt_mask, dtype=s.dtype, device=s.device)
     check_image_size(image_size, n, student)
     m, k = boxes.shape[1], output_size
     pool = dict(samples_per_bin=samples_per_bin, max_samples_per_bin=max_samples_per_bin)

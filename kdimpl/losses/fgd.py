@@ -36,7 +36,7 @@ def fgd_masks(
     gt_boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int] | Tensor,
     feature_size: Sequence[int],
-    valid: Tensor | None = None,
+    gt_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""FGD's foreground scale mask and normalised background mask (Eq. 2-4).
 
@@ -53,7 +53,7 @@ def fgd_masks(
         gt_boxes: per-image ``(M_i, 4)`` xyxy pixel boxes, or a padded ``(N, M, 4)`` tensor.
         image_size: ``(height, width)`` of the input tensor the boxes refer to, or an ``(N, 2)`` tensor.
         feature_size: ``(H, W)`` of the feature map.
-        valid: optional ``(N, M)`` mask of real boxes for a padded tensor.
+        gt_mask: optional ``(N, M)`` bool mask of the real boxes of a padded tensor.
 
     Example:
         >>> import torch
@@ -67,7 +67,7 @@ def fgd_masks(
         slicing, only for boxes reaching outside the image: a negative start index is clipped
         to 0 (the official slice wraps around to the far end of the map).
     """
-    boxes, valid = pad_boxes(gt_boxes, valid)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
     bounds = fgd_cell_bounds(boxes, image_size, feature_size)
     x0, y0, x1, y1 = bounds.unbind(dim=-1)
@@ -85,6 +85,7 @@ def fgd_loss(
     gt_boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int] | Tensor,
     *,
+    gt_mask: Tensor | None = None,
     global_student: nn.Module | None = None,
     global_teacher: nn.Module | None = None,
     temperature: float = 0.5,
@@ -116,6 +117,9 @@ def fgd_loss(
         image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor. The official
             code passes mmdet's unpadded ``img_shape`` while the feature map covers the padded
             batch: pass ``img_shape`` for parity with it, the padded size for exact geometry.
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         global_student: the student's global-context block :math:`\mathcal{R}_S`; ``None`` with
             ``global_teacher=None`` drops the global term.
         global_teacher: the teacher's block :math:`\mathcal{R}_T` (applied to the detached
@@ -177,11 +181,11 @@ def fgd_loss(
     )
     check_modules(all_or_none=True, global_student=global_student, global_teacher=global_teacher)
     n, _, h, w = student.shape
-    check_boxes(gt_boxes, n)
+    check_boxes(gt_boxes, n, mask=gt_mask)
     check_image_size(image_size, n, student)
     s = upcast(student)
     t = upcast(teacher.detach())
-    fg, bg = (mask.to(s) for mask in fgd_masks(gt_boxes, image_size, (h, w)))
+    fg, bg = (mask.to(s) for mask in fgd_masks(gt_boxes, image_size, (h, w), gt_mask))
 
     spatial_t, channel_t = spatial_attention(t, temperature), channel_attention(t, temperature)
     spatial_s, channel_s = spatial_attention(s, temperature), channel_attention(s, temperature)

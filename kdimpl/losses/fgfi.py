@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .._base import LossModule
-from .._checks import check_boxes, check_feature_pair, check_options, check_shape, check_unit_interval
+from .._checks import check_boxes, check_feature_pair, check_options, check_shape, check_shapes, check_unit_interval
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.fgfi import FGFIAdapter
@@ -38,7 +38,7 @@ def fgfi_grid_anchors(base_anchors: Tensor, feature_size: Sequence[int], stride:
 
 
 def fgfi_imitation_mask(
-    gt_boxes: Sequence[Tensor] | Tensor, anchors: Tensor, *, psi: float = 0.5, valid: Tensor | None = None
+    gt_boxes: Sequence[Tensor] | Tensor, anchors: Tensor, *, psi: float = 0.5, gt_mask: Tensor | None = None
 ) -> Tensor:
     r"""Fine-grained imitation mask ``(N, H, W)`` (FGFI, Sec. 3.1).
 
@@ -55,7 +55,7 @@ def fgfi_imitation_mask(
         anchors: ``(H, W, A, 4)`` xyxy anchors in the same pixels (all of them, including those
             crossing the image border, as the official code does; :func:`fgfi_grid_anchors`).
         psi: threshold factor :math:`\psi` (0.5 in the paper and the official code).
-        valid: for padded boxes, ``(N, M)`` bool mask of real boxes.
+        gt_mask: for padded boxes, ``(N, M)`` bool mask of the real ones (default: all).
 
     Returns:
         ``(N, H, W)`` float mask of 0/1 in the boxes' floating dtype (at least float32).
@@ -63,7 +63,7 @@ def fgfi_imitation_mask(
     Notes:
         IoUs use the pixel-inclusive ``+1`` width convention of py-faster-rcnn, in the official
         operation order, so a point box ``x1 == x2, y1 == y2`` has IoU 0 everywhere and is ignored.
-        The official loop stops at the first all-zero GT row; here padding is given by ``valid``
+        The official loop stops at the first all-zero GT row; here padding is given by ``gt_mask``
         (or by the list lengths), so an all-zero real box is treated like any other box.
 
     Example:
@@ -74,11 +74,7 @@ def fgfi_imitation_mask(
     """
     check_unit_interval(psi, "psi")
     check_shape(anchors, "anchors", "H W A 4")
-    if valid is None:
-        boxes, valid = padded_boxes(gt_boxes, len(gt_boxes))
-    else:
-        check_boxes(gt_boxes, len(gt_boxes))
-        boxes = gt_boxes.to(torch.promote_types(gt_boxes.dtype, torch.float32))
+    boxes, valid = padded_boxes(gt_boxes, len(gt_boxes), gt_mask=gt_mask)
     dtype = boxes.dtype
     anchors = anchors.to(device=boxes.device, dtype=dtype)
     # Benchmark (benchmarks.losses workload, CPU, forms interleaved): eager, the separable form builds
@@ -180,6 +176,7 @@ def fgfi_loss(
     anchors: Tensor,
     gt_boxes: Sequence[Tensor] | Tensor,
     *,
+    gt_mask: Tensor | None = None,
     adapter_student: nn.Module | None = None,
     psi: float = 0.5,
     reduction: str = "mean",
@@ -200,6 +197,9 @@ def fgfi_loss(
         anchors: ``(H, W, A, 4)`` anchors of this feature map in pixels of the input tensor
             (:func:`fgfi_grid_anchors`); they carry the level's geometry, so no image size is needed.
         gt_boxes: ``N`` tensors ``(M_i, 4)`` of xyxy pixels of the input tensor (or padded ``(N, M, 4)``).
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         adapter_student: :math:`f_{adap}` (:class:`kdimpl.FGFIAdapter`; the paper adapts the student
             even when channels match), or ``None`` when ``student`` is already adapted.
         psi: threshold factor :math:`\psi` (default 0.5).
@@ -245,9 +245,9 @@ def fgfi_loss(
     check_feature_pair(student, teacher)
     check_options(reduction=reduction)
     check_unit_interval(psi, "psi")
-    check_shape(anchors, "anchors", f"{student.shape[2]} {student.shape[3]} A 4")
-    check_boxes(gt_boxes, student.shape[0])
-    mask = fgfi_imitation_mask(gt_boxes, anchors, psi=psi)
+    check_shapes(student=(student, "N C H W"), anchors=(anchors, "H W A 4"))
+    check_boxes(gt_boxes, student.shape[0], mask=gt_mask)
+    mask = fgfi_imitation_mask(gt_boxes, anchors, psi=psi, gt_mask=gt_mask)
     s = upcast(student)
     t = upcast(teacher.detach())
     per_cell = (s - t).pow(2).sum(dim=1) * mask.to(device=s.device, dtype=s.dtype)  # (N, H, W)

@@ -163,6 +163,7 @@ def gkd_box_mask(
     image_size: Sequence[int] | Tensor,
     feature_size: Sequence[int],
     *,
+    gt_mask: Tensor | None = None,
     official_placement: bool = False,
 ) -> Tensor:
     r"""GKD-BMFI's foreground mask: each box's cells, extended by a Gaussian to twice its size, over its area.
@@ -176,6 +177,7 @@ def gkd_box_mask(
         gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the input tensor, or a padded ``(N, M, 4)`` tensor.
         image_size: ``(height, width)`` of the input tensor (the official code passes ``img_shape``), or ``(N, 2)``.
         feature_size: ``(H, W)`` of the feature map.
+        gt_mask: optional ``(N, M)`` bool mask of the real boxes of a padded tensor.
         official_placement: place the windows as the released code does: it writes each window at
             twice the box's cell position into a ``2H x 2W`` map and keeps that map's central
             ``H x W``, so a window lands at :math:`2 y_{min} - \lfloor H/2 \rfloor` instead of
@@ -190,7 +192,7 @@ def gkd_box_mask(
         >>> m.shape, float(m[0, 3, 3]) == 1 / (4 * 4 * 2)
         (torch.Size([1, 8, 8]), True)
     """
-    boxes, valid = pad_boxes(gt_boxes)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     n = boxes.shape[0]
     check_image_size(image_size, n)
     height, width = (int(v) for v in feature_size)
@@ -223,6 +225,7 @@ def gkd_bmfi_loss(
     gt_boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int] | Tensor,
     *,
+    gt_mask: Tensor | None = None,
     temperature: float = 0.5,
     fg_weight: float = 1e-3,
     attention_weight: float = 1e-3,
@@ -248,6 +251,9 @@ def gkd_bmfi_loss(
         gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the input tensor, or a padded ``(N, M, 4)`` tensor.
         image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor (the official
             code passes mmdet's unpadded ``img_shape``).
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         temperature: :math:`T` of the attentions (official 0.5).
         fg_weight: :math:`\alpha`, the box-masked feature term (official class default 1e-3).
         attention_weight: :math:`\gamma`, the attention-imitation term (official class default 1e-3).
@@ -288,10 +294,10 @@ def gkd_bmfi_loss(
     check_options(temperature=temperature, fg_weight=fg_weight, attention_weight=attention_weight,
                   global_weight=global_weight, reduction=reduction)
     n, _, h, w = student.shape
-    check_boxes(gt_boxes, n)
+    check_boxes(gt_boxes, n, mask=gt_mask)
     check_image_size(image_size, n, student)
     s, t = upcast(student), upcast(teacher.detach())
-    fg = gkd_box_mask(gt_boxes, image_size, (h, w), official_placement=official_placement).to(s)
+    fg = gkd_box_mask(gt_boxes, image_size, (h, w), gt_mask=gt_mask, official_placement=official_placement).to(s)
     spatial_t, channel_t = spatial_attention(t, temperature), channel_attention(t, temperature)
     spatial_s, channel_s = spatial_attention(s, temperature), channel_attention(s, temperature)
     error = torch.einsum("nchw,nc->nhw", (s - t).square(), channel_t) * spatial_t

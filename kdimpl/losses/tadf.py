@@ -46,7 +46,7 @@ def tadf_gaussian_mask(
     feature_size: Sequence[int],
     *,
     sigma_ratio: float = 0.5,
-    valid: Tensor | None = None,
+    gt_mask: Tensor | None = None,
 ) -> Tensor:
     r"""``(N, H, W)`` Gaussian object mask: per cell, the largest Gaussian of the boxes.
 
@@ -63,7 +63,7 @@ def tadf_gaussian_mask(
         image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor.
         feature_size: ``(H, W)`` of the feature map.
         sigma_ratio: :math:`\rho`, the Gaussian's standard deviation as a fraction of the box size.
-        valid: optional ``(N, M)`` mask of real boxes for a padded tensor.
+        gt_mask: optional ``(N, M)`` bool mask of the real boxes of a padded tensor.
 
     Example:
         >>> import torch
@@ -71,8 +71,7 @@ def tadf_gaussian_mask(
         >>> mask.shape, float(mask[0, 2, 3])  # the cell holding the box centre
         (torch.Size([1, 8, 8]), 1.0)
     """
-    boxes, valid = pad_boxes(gt_boxes, valid)
-    check_boxes(boxes, boxes.shape[0])
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()
     height, width = feature_size
     scaled = scale_boxes_to_feature(boxes, image_size, feature_size)  # (N, M, 4) in cells
@@ -94,6 +93,7 @@ def tadf_feature_loss(
     gt_boxes: Sequence[Tensor] | Tensor,
     image_size: Sequence[int] | Tensor,
     *,
+    gt_mask: Tensor | None = None,
     sigma_ratio: float = 0.5,
     reduction: str = "mean",
 ) -> Tensor:
@@ -113,6 +113,9 @@ def tadf_feature_loss(
         gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the input tensor (or a padded
             ``(N, M, 4)`` tensor); mapped to this level by ``image_size`` and the feature size.
         image_size: ``(height, width)`` of the input tensor, or an ``(N, 2)`` tensor.
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
+            Boxes padded to a fixed capacity (:func:`kdimpl.masks.pad_boxes`) keep
+            ``torch.compile`` to one graph as box counts change.
         sigma_ratio: :math:`\rho` of :func:`tadf_gaussian_mask` (default 0.5: the mask is
             :math:`e^{-1/2}` at the middle of a box's edges).
         reduction: ``'mean'`` (default) applies the paper's own normalisation as implemented here
@@ -154,11 +157,11 @@ def tadf_feature_loss(
     check_options(reduction=reduction)
     check_positive(sigma_ratio, "sigma_ratio")
     n, _, h, w = student.shape
-    check_boxes(gt_boxes, n)
+    check_boxes(gt_boxes, n, mask=gt_mask)
     check_image_size(image_size, n, student)
     s = upcast(student)
     t = upcast(teacher.detach())
-    mask = tadf_gaussian_mask(gt_boxes, image_size, (h, w), sigma_ratio=sigma_ratio).to(s)
+    mask = tadf_gaussian_mask(gt_boxes, image_size, (h, w), sigma_ratio=sigma_ratio, gt_mask=gt_mask).to(s)
     # Benchmark (benchmarks.losses tadf_feature, five levels, CPU, one thread, fwd+bwd, one interleaved run of
     # two rounds): eager 1060/842 ms in place vs 1704/1340 ms plain (1.6x), peak 176 vs 569 MiB; compiled, the
     # plain form (486/395 ms) is what torch.compile traces.

@@ -66,3 +66,15 @@ def test_tap_reads_boxes_in_the_padded_frame(distill_example):
     assert tap.class_logits.shape[0] == sum(len(r) for r in tap.rois)
     assert all(((lab >= 0) & (lab < distill_example.NUM_CLASSES)).all() for lab in labels)
     assert any((lab > 0).any() for lab in labels)  # the ground-truth boxes are among the sampled RoIs
+
+
+def test_compiled_loss_gets_padded_boxes(distill_example):
+    result = distill_example.main(["--loss", "defeat", "--compile", *SHORT])
+    for record in result["history"]:
+        assert record["distill"] and all(math.isfinite(v) for v in record["distill"].values())
+        assert record["fpn_grad_norm"] > 0
+    loss = distill_example.build_feature_loss("defeat", 8, two_stage=False)
+    tap = type("Tap", (), {"gt_boxes": [torch.zeros(1, 4), torch.zeros(3, 4)], "image_size": (64, 96), "rois": None})()
+    inputs = distill_example.feature_loss_inputs(loss, tap, box_capacity=5)
+    assert inputs["gt_boxes"].shape == (2, 5, 4) and inputs["gt_mask"].sum(dim=1).tolist() == [1, 3]
+    assert torch.equal(inputs["image_size"], torch.tensor([64, 96]))

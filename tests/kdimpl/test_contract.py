@@ -218,3 +218,39 @@ def test_integer_inputs_are_refused(name, case, device, dtype, side):
     argument = list(inspect.signature(kdimpl.get_loss_function(name)).parameters)[index]
     with pytest.raises(TypeError, match=argument):
         _call_function(name, args, kwargs, **case.options)
+
+
+GT_MASK_NAMES = [n for n in NAMES if "gt_mask" in inspect.signature(kdimpl.get_loss_function(n)).parameters]
+
+
+@pytest.mark.parametrize("name", GT_MASK_NAMES)
+def test_padded_boxes_with_gt_mask_equal_the_list(name, case, device, dtype):
+    """A loss that takes ``gt_mask`` gives the list's value and gradients for boxes padded with junk rows."""
+    args, kwargs = _inputs(case, device, dtype)
+    boxes = kwargs["gt_boxes"]
+    assert isinstance(boxes, list), "the case should give per-image boxes"
+    boxes = [boxes[0][:1], *boxes[1:]]  # different counts per image
+    capacity = max(len(b) for b in boxes) + 2
+    padded = torch.stack([torch.cat([b, b.new_full((capacity - len(b), 4), float("nan"))]) for b in boxes])
+    padded[0, -1] = padded.new_tensor([90.0, 50.0, 10.0, 5.0])  # x2 < x1: junk, never read
+    gt_mask = torch.stack([torch.arange(capacity, device=device) < len(b) for b in boxes])
+
+    def value_and_grad(**box_kwargs):
+        student = args[0].detach().requires_grad_(True)
+        loss = _call_function(name, [student, *args[1:]], {**kwargs, **box_kwargs}, **case.options)
+        loss.backward()
+        return loss, student.grad
+
+    expected = value_and_grad(gt_boxes=boxes)
+    actual = value_and_grad(gt_boxes=padded, gt_mask=gt_mask)
+    torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("name", GT_MASK_NAMES)
+def test_gt_mask_is_checked(name, case, device, dtype):
+    args, kwargs = _inputs(case, device, dtype)
+    padded = torch.stack(kwargs["gt_boxes"])
+    with pytest.raises(ValueError, match="gt_mask must be a bool tensor of shape"):
+        _call_function(name, args, {**kwargs, "gt_boxes": padded, "gt_mask": torch.ones(padded.shape[:2])}, **case.options)
+    with pytest.raises(ValueError, match="gt_mask marks the real rows"):
+        _call_function(name, args, {**kwargs, "gt_mask": torch.ones(padded.shape[:2], dtype=torch.bool)}, **case.options)

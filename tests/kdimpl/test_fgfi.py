@@ -48,7 +48,7 @@ def test_mask_matches_official():
     mask = fgfi_imitation_mask(f["gt_boxes"], anchors)
     assert torch.equal(mask.bool(), f["mask"])
     padded_valid = f["gt_boxes_padded"].abs().sum(-1) > 0
-    padded = fgfi_imitation_mask(f["gt_boxes_padded"], anchors, valid=padded_valid)
+    padded = fgfi_imitation_mask(f["gt_boxes_padded"], anchors, gt_mask=padded_valid)
     assert torch.equal(padded.bool(), f["mask"])
 
 
@@ -141,7 +141,7 @@ def test_best_anchor_is_always_imitated():
 
 def test_anchor_grid_mismatch_is_rejected():
     anchors = fgfi_grid_anchors(torch.tensor([[-4.0, -4.0, 11.0, 11.0]]), (4, 5), 8)
-    with pytest.raises(ValueError, match="anchors must have shape"):
+    with pytest.raises(ValueError, match="anchors has W=5 but student has W=6"):
         fgfi_loss(torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 6), anchors, [torch.zeros(0, 4)])
 
 

@@ -76,7 +76,7 @@ def test_mask_matches_the_per_box_loop_and_padding_is_ignored(counts):
     valid = torch.zeros(len(boxes), max(counts), dtype=torch.bool)
     for i, b in enumerate(boxes):
         padded[i, : len(b)], valid[i, : len(b)] = b, True
-    torch.testing.assert_close(tadf_gaussian_mask(padded, IMAGE, (8, 12), valid=valid), expected)
+    torch.testing.assert_close(tadf_gaussian_mask(padded, IMAGE, (8, 12), gt_mask=valid), expected)
 
 
 def test_feature_loss_matches_the_formula():
