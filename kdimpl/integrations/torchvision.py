@@ -235,7 +235,8 @@ def mark_dynamic_sizes(
       so every new padded size would compile again;
     - this call, for the feature sizes.
 
-    With these, the box losses that take ``gt_mask`` compile once (tested). Two limits of torch
+    With these, the box losses that take ``gt_mask`` compile once (tested; DetKDS's transforms
+    fail in inductor with dynamic sizes and compile with static ones). Two more limits of torch
     2.13's inductor remain, both about convolutions inside the compiled loss:
 
     - a convolution over the feature maps (an adapter the loss module holds, such as DeFeat's)

@@ -417,6 +417,7 @@ def detkds_loss(
     gt_boxes: Sequence[Tensor] | Tensor | None = None,
     image_size: Sequence[int] | Tensor | None = None,
     *,
+    gt_mask: Tensor | None = None,
     global_chain: Sequence[str] | None = _CATT_POOL_NORM,
     fbg_chain: Sequence[str] | None = None,
     instance_chain: Sequence[str] | None = None,
@@ -453,6 +454,7 @@ def detkds_loss(
         gt_boxes: per-image ``(M_i, 4)`` xyxy boxes in pixels of the input tensor, or a padded
             ``(N, M, 4)`` tensor; needed by the fg/bg and instance branches.
         image_size: ``(height, width)`` of the input tensor the boxes refer to (or ``(N, 2)``).
+        gt_mask: ``(N, M)`` bool, the real rows of a padded ``gt_boxes`` tensor (default: all).
         global_chain: ``(tau_1, tau_2, tau_3, D)`` names of the global branch, ``None`` to skip it.
         fbg_chain: chain of the foreground/background branch (``None``: off).
         instance_chain: chain of the instance branch (``None``: off); its transforms must keep
@@ -531,7 +533,7 @@ def detkds_loss(
     if uses_boxes:
         if gt_boxes is None or image_size is None:
             raise ValueError("fbg_chain and instance_chain need gt_boxes and image_size")
-        check_boxes(gt_boxes, n)
+        check_boxes(gt_boxes, n, mask=gt_mask)
         check_image_size(image_size, n, t)
     options = dict(temperature=temperature, mask_ratio=mask_ratio, rng=rng, shared_mask=shared_mask)
     terms: list[tuple[Tensor, Tensor | int]] = []  # (weighted distance, its element count)
@@ -541,14 +543,14 @@ def detkds_loss(
         d = global_weight * detkds_distance(a, b, global_chain[3])
         terms.append((d, d.numel()))
     if fbg_chain is not None:
-        fg, bg = fgd_masks(gt_boxes, image_size, (h, w))
+        fg, bg = fgd_masks(gt_boxes, image_size, (h, w), gt_mask)
         fg, bg = fg.to(s.dtype)[:, None], bg.to(s.dtype)[:, None]
         for mask, weight in ((fg, fbg_weight), (bg, fbg_weight / 2)):
             a, b = _chain(s * mask, t * mask, fbg_chain, options)
             d = weight * detkds_distance(a, b, fbg_chain[3])
             terms.append((d, d.numel()))
     if instance_chain is not None:
-        boxes, valid = pad_boxes(gt_boxes, batch_size=n)
+        boxes, valid = pad_boxes(gt_boxes, gt_mask, batch_size=n)
         scaled = scale_boxes_to_feature(boxes.to(device=s.device, dtype=s.dtype), image_size, (h, w))
         cells = torch.cat([scaled[..., :2].floor(), scaled[..., 2:].ceil()], dim=-1)
         a, b = _chain(s, t, instance_chain, options)

@@ -35,7 +35,7 @@ ImageSize = Sequence[int] | Tensor
 
 
 def lgd_inside_box_masks(
-    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], valid: Tensor | None = None
+    gt_boxes: Sequence[Tensor] | Tensor, image_size: ImageSize, feature_size: Sequence[int], gt_mask: Tensor | None = None
 ) -> Tensor:
     r"""LGD's ``(N, M, H, W)`` inside-box masks: cell :math:`(x, y)` is inside when it lies within half a box of the centre.
 
@@ -56,7 +56,7 @@ def lgd_inside_box_masks(
         image_size: ``(height, width)`` of the input tensor (the official code uses the padded batch
             tensor's size), or an ``(N, 2)`` tensor.
         feature_size: ``(H, W)`` of the level.
-        valid: optional ``(N, M)`` mask of real boxes for a padded tensor.
+        gt_mask: optional ``(N, M)`` bool mask of the real boxes of a padded tensor.
 
     Returns:
         ``(N, M, H, W)`` float 0/1 masks (padding slots are all zero).
@@ -67,7 +67,7 @@ def lgd_inside_box_masks(
         tensor([[1., 1., 0., 0.],
                 [0., 0., 0., 0.]])
     """
-    boxes, valid = pad_boxes(gt_boxes, valid)
+    boxes, valid = pad_boxes(gt_boxes, gt_mask)
     boxes = boxes if boxes.is_floating_point() else boxes.float()
     img_h, img_w = image_hw(image_size, boxes.shape[0], boxes)  # (N, 1)
     height, width = feature_size
