@@ -41,7 +41,7 @@ from ._checks import set_value_checks, value_checks_enabled
 from ._registry import build_loss, get_loss, get_loss_function, list_losses, register_loss
 from .adapters import *  # noqa: F403
 from .adapters import __all__ as _adapters_all
-from .levels import MultiLevelLoss, multilevel_loss
+from .levels import MultiLevelLoss, PerLevel, multilevel_loss
 from .losses import *  # noqa: F403
 from .losses import __all__ as _losses_all
 
@@ -57,6 +57,7 @@ __all__ = [
     "register_loss",
     "multilevel_loss",
     "MultiLevelLoss",
+    "PerLevel",
     "set_value_checks",
     "value_checks_enabled",
     *_adapters_all,

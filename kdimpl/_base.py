@@ -40,4 +40,12 @@ class LossModule(nn.Module):
 
     def extra_repr(self) -> str:
         shown = {n: v for n, v in self.options.items() if not isinstance(v, nn.Module)}
-        return ", ".join([*(f"{n}={v!r}" for n, v in shown.items()), f"loss_weight={self.loss_weight}"])
+        return ", ".join([*(f"{n}={_short_repr(v)}" for n, v in shown.items()), f"loss_weight={self.loss_weight}"])
+
+
+def _short_repr(value: Any) -> str:
+    """A tensor option (class weights, a learnable embedding) by its shape, not its values."""
+    if isinstance(value, Tensor):
+        kind = "Parameter" if isinstance(value, nn.Parameter) else "tensor"
+        return f"{kind}(shape={tuple(value.shape)}, dtype={value.dtype})"
+    return repr(value)

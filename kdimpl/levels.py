@@ -6,7 +6,8 @@ r"""Any feature loss over a list of FPN levels, in one line.
 Boxes and the image size are given once, in pixels of the (resized, padded) input tensor that the
 features were computed from; every box-taking loss maps them to the level it is called on from
 the feature map's own size. Per-level inputs (anchors, teacher logits, prediction maps) are
-passed as positional sequences with one entry per level.
+passed as positional sequences with one entry per level, or by keyword wrapped in
+:class:`PerLevel` (for an input after one the loss module already holds, such as MGD's ``mask``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from torch import Tensor, nn
 
 from ._checks import _tracing, check_options
 
-__all__ = ["multilevel_loss", "MultiLevelLoss"]
+__all__ = ["multilevel_loss", "MultiLevelLoss", "PerLevel"]
+
+
+class PerLevel(tuple):
+    """A keyword input with one entry per level: ``criterion(students, teachers, mask=PerLevel(masks))``.
+
+    Every other keyword is shared by all levels (a list of per-image boxes is one input); wrapping
+    a sequence in ``PerLevel`` gives level ``l`` its ``l``-th entry instead.
+    """
+
+    __slots__ = ()
 
 
 def _takes(loss: Callable[..., Tensor], name: str) -> bool:
@@ -30,7 +41,9 @@ def _takes(loss: Callable[..., Tensor], name: str) -> bool:
         return False
 
 
-def _check_levels(students: Sequence[Tensor], teachers: Sequence[Tensor], per_level: tuple, level_weights) -> int:
+def _check_levels(
+    students: Sequence[Tensor], teachers: Sequence[Tensor], per_level: tuple, level_weights, shared: dict[str, Any]
+) -> int:
     if _tracing():
         return len(students)
     if isinstance(students, Tensor) or isinstance(teachers, Tensor):
@@ -45,6 +58,9 @@ def _check_levels(students: Sequence[Tensor], teachers: Sequence[Tensor], per_le
             count = "a tensor" if isinstance(inputs, Tensor) else f"{len(inputs)} entries"
             raise ValueError(f"per-level input {i + 2} must be a sequence with one entry per level "
                              f"({num_levels}), got {count}; pass inputs shared by all levels as keywords")
+    for name, inputs in shared.items():
+        if isinstance(inputs, PerLevel) and len(inputs) != num_levels:
+            raise ValueError(f"{name} has {len(inputs)} per-level entries for {num_levels} levels")
     if level_weights is not None and len(level_weights) != num_levels:
         raise ValueError(f"level_weights has {len(level_weights)} entries for {num_levels} levels")
     return num_levels
@@ -68,7 +84,7 @@ def multilevel_loss(
         level_weights: :math:`w_l` (default: 1 for every level, the sum the official FPN
             configurations use).
         **shared: keyword inputs passed unchanged to every level (``gt_boxes``, ``image_size``,
-            options). A loss whose signature takes ``level`` and ``num_levels`` also receives
+            options), except a :class:`PerLevel` one, whose ``l``-th entry goes to level ``l``. A loss whose signature takes ``level`` and ``num_levels`` also receives
             the level's index and the number of levels (DeFeat assigns boxes to levels).
 
     Returns:
@@ -82,14 +98,15 @@ def multilevel_loss(
         >>> multilevel_loss(cwd_loss, students, teachers, temperature=4.0).shape
         torch.Size([])
     """
-    num_levels = _check_levels(students, teachers, per_level, level_weights)
+    num_levels = _check_levels(students, teachers, per_level, level_weights, shared)
     losses = list(loss) if isinstance(loss, (list, tuple, nn.ModuleList)) else [loss] * num_levels
     if len(losses) != num_levels:
         raise ValueError(f"{len(losses)} per-level losses for {num_levels} levels")
     total = None
     for level, (fn, student, teacher) in enumerate(zip(losses, students, teachers)):
         extra = {"level": level, "num_levels": num_levels} if _takes(fn, "level") and _takes(fn, "num_levels") else {}
-        value = fn(student, teacher, *(inputs[level] for inputs in per_level), **shared, **extra)
+        keywords = {k: v[level] if isinstance(v, PerLevel) else v for k, v in shared.items()}
+        value = fn(student, teacher, *(inputs[level] for inputs in per_level), **keywords, **extra)
         if value.dim() != 0:
             raise ValueError(f"level {level} gave a loss of shape {tuple(value.shape)}: use reduction 'mean' or 'sum'")
         if level_weights is not None:

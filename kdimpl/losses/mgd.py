@@ -178,7 +178,8 @@ class MGDLoss(LossModule):
     Built with ``teacher_channels`` the loss owns its learnable pieces, as the official
     ``FeatureLoss`` does: ``generator_student`` (:class:`kdimpl.MGDGenerator`) and, when
     ``student_channels`` differs, ``adapter_student`` (:class:`kdimpl.ChannelAdapter`); then
-    ``MultiLevelLoss([MGDLoss(...) for each level])`` holds every level's pieces. Without channel
+    ``MultiLevelLoss([MGDLoss(...) for each level])`` holds every level's pieces (per-level masks go
+    by keyword: ``criterion(students, teachers, mask=kdimpl.PerLevel(masks))``). Without channel
     counts pass ``generator_student`` (and ``mask``, by keyword when the loss owns its generator)
     to ``forward``.
 

@@ -182,10 +182,6 @@ class ViLDTextLoss(LossModule):
         super().__init__(temperature=temperature, background_index=background_index, reduction=reduction,
                          loss_weight=loss_weight, **pieces)
 
-    def extra_repr(self) -> str:  # the background embedding is a parameter: listed by the module, not printed
-        shown = [f"{n}={v!r}" for n, v in self.options.items() if not isinstance(v, Tensor)]
-        return ", ".join([*shown, f"loss_weight={self.loss_weight}"])
-
 
 def vild_image_loss(
     student_embeddings: Tensor,

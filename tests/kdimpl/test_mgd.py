@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kdimpl import ChannelAdapter, MGDGenerator, MultiLevelLoss, multilevel_loss  # noqa: E402
+from kdimpl import ChannelAdapter, MGDGenerator, MultiLevelLoss, PerLevel, multilevel_loss  # noqa: E402
 from kdimpl.checkpoints import mgd_state_dict  # noqa: E402
 from kdimpl.losses.mgd import MGDLoss, mgd_loss, mgd_random_mask  # noqa: E402
 
@@ -100,6 +100,13 @@ def test_per_level_pieces_over_levels_in_one_line():
     aligned = [ChannelAdapter(3, 4)(s) for s in students]
     total = multilevel_loss(mgd_loss, aligned, teachers, generators, masks)
     torch.testing.assert_close(total, sum(mgd_loss(*a) for a in zip(aligned, teachers, generators, masks)))
+    # the module form, which holds each level's generator: per-level masks by keyword
+    owned = criterion(students, teachers, mask=PerLevel(masks))
+    expected = 2e-5 * sum(mgd_loss(s, t, m.generator_student, mask, adapter_student=m.adapter_student)
+                          for s, t, m, mask in zip(students, teachers, criterion.losses, masks))
+    torch.testing.assert_close(owned, expected)
+    with pytest.raises(ValueError, match="mask has 2 per-level entries for 3 levels"):
+        criterion(students, teachers, mask=PerLevel(masks[:2]))
 
 
 def test_identity_generator_gives_masked_sum_of_squares_over_batch():

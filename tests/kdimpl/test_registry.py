@@ -109,3 +109,8 @@ def test_every_loss_has_tests_a_bench_case_and_a_catalog_entry(name):
     assert entry.module.__name__ in _catalogued_classes(), (
         f"{name}: no paper in papers/ lists {entry.module.__name__} under implementations"
     )
+
+
+def test_repr_shows_tensor_options_by_shape():
+    text = repr(LossModule(class_map=torch.arange(1000.0), temperature=2.0))
+    assert text == "LossModule(class_map=tensor(shape=(1000,), dtype=torch.float32), temperature=2.0, loss_weight=1.0)"

@@ -88,7 +88,7 @@ def test_twin_owns_the_background_embedding():
     regions, text, _, labels, _, _ = _inputs(dtype=torch.float32)
     criterion = ViLDTextLoss(embed_dim=7, loss_weight=2.0)
     (embedding,) = list(criterion.parameters())
-    assert embedding.shape == (7,) and "Parameter" not in repr(criterion)
+    assert embedding.shape == (7,) and "background_embedding=Parameter(shape=(7,), dtype=torch.float32)" in repr(criterion)
     criterion(regions, text, labels).backward()
     assert embedding.grad is not None and embedding.grad.abs().sum() > 0
     torch.testing.assert_close(criterion(regions, text, labels),
