@@ -27,10 +27,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_boxes
+from ._checks import _tracing, check_boxes, check_labels, check_shape
 
 __all__ = [
     "pad_boxes",
+    "pad_box_values",
     "image_hw",
     "scale_boxes_to_feature",
     "box_cell_bounds",
@@ -101,6 +102,72 @@ def pad_boxes(
         padded[i, :count] = boxes.to(dtype)
         mask[i, :count] = True
     return padded, mask
+
+
+def pad_box_values(
+    values: Sequence[Tensor] | Tensor,
+    valid: Tensor,
+    *,
+    name: str,
+    num_classes: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Per-box values (class labels, scores) laid out like the boxes :func:`pad_boxes` returned.
+
+    Args:
+        values: ``N`` tensors ``(M_i,)``, one value per box of image ``i`` (the image's real boxes
+            come first, as :func:`pad_boxes` lays out a list), or a padded ``(N, M')`` tensor with
+            ``M' >= M`` (columns past ``M`` are dropped; padding entries are not read).
+        valid: the ``(N, M)`` mask of real boxes that :func:`pad_boxes` returned.
+        name: the argument's name in error messages.
+        num_classes: given, the values are class labels: integers in ``[0, num_classes)`` (real
+            boxes only), returned as int64.
+        dtype: the dtype of other values (default: their own).
+
+    Returns:
+        ``(N, M)`` values on ``valid``'s device, zero in padding slots.
+
+    Example:
+        >>> import torch
+        >>> boxes, valid = pad_boxes([torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)])
+        >>> pad_box_values([torch.tensor([3]), torch.zeros(0, dtype=torch.long)], valid, name="labels", num_classes=5)
+        tensor([[3],
+                [0]])
+    """
+    n, m = valid.shape
+    what = "value" if num_classes is None else "label"
+    if num_classes is not None:
+        dtype = torch.long
+    if isinstance(values, Tensor):
+        check_shape(values, name, "N M", floating=num_classes is None)
+        if not _tracing() and (values.shape[0] != n or values.shape[1] < m):
+            raise ValueError(f"{name} must hold one {what} per box: shape {tuple(values.shape)} for boxes padded to "
+                             f"({n}, {m})")
+        padded = values[:, :m].to(device=valid.device, dtype=dtype or values.dtype).masked_fill(~valid, 0)
+        if num_classes is not None:
+            check_labels(padded[valid], num_classes, name)
+        return padded
+    if not _tracing():
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} images but the boxes have {n}: pass one {what} per box, "
+                             "one (M_i,) tensor per image")
+        counts = valid.sum(dim=1).tolist()
+        for i, (value, count) in enumerate(zip(values, counts)):
+            if not isinstance(value, Tensor) or tuple(value.shape) != (count,):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name}[{i}] must hold one {what} per box: shape {shape} for {count} boxes")
+            if num_classes is None:
+                check_shape(value, f"{name}[{i}]", "M")
+            else:
+                check_labels(value, num_classes, f"{name}[{i}]")
+            if not bool(valid[i, :count].all()):
+                raise ValueError(f"the real boxes of image {i} are not its first rows: pass {name} as an (N, M) tensor "
+                                 "laid out like the boxes")
+    dtype = dtype or (values[0].dtype if len(values) else torch.float32)
+    padded = torch.zeros((n, m), dtype=dtype, device=valid.device)
+    for i, value in enumerate(values):  # one loop over images
+        padded[i, : value.shape[0]] = value.to(device=valid.device, dtype=dtype)
+    return padded
 
 
 def image_hw(image_size: ImageSize, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:

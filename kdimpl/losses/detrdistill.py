@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._base import LossModule
-from .._checks import _tracing, check_image_size, check_labels, check_options, check_shapes
+from .._checks import check_image_size, check_options, check_shapes
 from .._dtypes import upcast
 from .._registry import register_loss
-from ..masks import image_hw, pad_boxes
+from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import (
     aligned_box_iou,
     box_cxcywh_to_xyxy,
@@ -358,28 +358,6 @@ class DETRDistillFeatureLoss(LossModule):
         super().__init__(top_k=top_k, reduction=reduction, loss_weight=loss_weight)
 
 
-def _check_label_counts(gt_labels: Sequence[Tensor] | Tensor, gt_boxes: Sequence[Tensor] | Tensor, n: int) -> None:
-    if _tracing():
-        return
-    labels = [x.shape[0] for x in gt_labels]
-    boxes = [x.shape[0] for x in gt_boxes]
-    if len(labels) != n or labels != boxes:
-        raise ValueError(f"gt_labels must hold one label per box of gt_boxes, image by image: got {labels} labels "
-                         f"for {boxes} boxes")
-
-
-def _pad_labels(gt_labels: Sequence[Tensor] | Tensor, size: int, num_classes: int, device) -> Tensor:
-    """Checked per-image labels as one ``(N, M)`` long tensor (padding is 0)."""
-    if isinstance(gt_labels, Tensor):
-        check_labels(gt_labels, num_classes, "gt_labels")
-        return gt_labels.to(device=device, dtype=torch.long)
-    padded = torch.zeros(len(gt_labels), size, dtype=torch.long, device=device)
-    for i, labels in enumerate(gt_labels):  # one loop over images
-        check_labels(labels, num_classes, f"gt_labels[{i}]")
-        padded[i, : labels.shape[0]] = labels.to(device=device, dtype=torch.long)
-    return padded
-
-
 def detrdistill_group_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -476,8 +454,7 @@ def detrdistill_group_loss(
     check_image_size(image_size, n)
     check_options(class_weight=class_weight, l1_weight=l1_weight, giou_weight=giou_weight, reduction=reduction)
     gt, valid = pad_boxes(gt_boxes, batch_size=n)
-    _check_label_counts(gt_labels, gt_boxes, n)
-    labels = _pad_labels(gt_labels, gt.shape[1], num_classes, student_logits.device)
+    labels = pad_box_values(gt_labels, valid, name="gt_labels", num_classes=num_classes)
     if gt.shape[1] == 0:  # no boxes in the batch: one padding column keeps the gathers defined
         gt, valid, labels = gt.new_zeros(n, 1, 4), valid.new_zeros(n, 1), labels.new_zeros(n, 1)
     z_s = upcast(student_logits)

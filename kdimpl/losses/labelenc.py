@@ -22,9 +22,7 @@ from .._base import LossModule
 from .._checks import (
     _tracing,
     check_background_index,
-    check_boxes,
     check_feature_pair,
-    check_labels,
     check_modules,
     check_options,
     check_shape,
@@ -32,7 +30,7 @@ from .._checks import (
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.labelenc import LabelEncAdapter
-from ..masks import pad_boxes
+from ..masks import pad_box_values, pad_boxes
 
 __all__ = ["labelenc_label_map", "labelenc_random_intensity", "labelenc_level_weights", "labelenc_loss_gate"]
 
@@ -49,27 +47,6 @@ def _map_size(image_size: Sequence[int] | Tensor) -> tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ValueError(f"image_size must be > 0 (height, width), got {size}")
     return height, width
-
-
-def _padded_labels(labels: Sequence[Tensor] | Tensor, gt_boxes: Sequence[Tensor] | Tensor, valid: Tensor,
-                   num_classes: int) -> Tensor:
-    """Per-image ``(M_i,)`` labels (or a padded ``(N, M)`` tensor) as one ``(N, M)`` int64 tensor."""
-    if isinstance(labels, Tensor):
-        check_labels(labels, num_classes)
-        padded = labels.long()
-    else:
-        if not _tracing() and len(labels) != valid.shape[0]:
-            raise ValueError(f"labels has {len(labels)} images but gt_boxes has {valid.shape[0]}")
-        padded = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
-        for i, (image_labels, boxes) in enumerate(zip(labels, gt_boxes)):  # one loop over images
-            check_labels(image_labels, num_classes, f"labels[{i}]")
-            if not _tracing() and tuple(image_labels.shape) != (boxes.shape[0],):
-                raise ValueError(f"labels[{i}] must give one class per box: shape {tuple(image_labels.shape)} "
-                                 f"for {boxes.shape[0]} boxes")
-            padded[i, : image_labels.shape[0]] = image_labels.long()
-    if not _tracing() and padded.shape != valid.shape:
-        raise ValueError(f"labels must give one class per box: shape {tuple(padded.shape)} vs boxes {tuple(valid.shape)}")
-    return padded
 
 
 def labelenc_random_intensity(gt_boxes: Sequence[Tensor] | Tensor, *, rng: torch.Generator | None = None) -> Tensor:
@@ -146,7 +123,7 @@ def labelenc_label_map(
     n = boxes.shape[0]
     height, width = _map_size(image_size)
     background = check_background_index(background_index, num_classes)
-    classes = _padded_labels(labels, gt_boxes, valid, num_classes).to(boxes.device)
+    classes = pad_box_values(labels, valid, name="labels", num_classes=num_classes).to(boxes.device)
     if not _tracing() and bool((valid & (classes == background)).any()):
         raise ValueError(f"labels holds the background class {background} for a box: label maps encode objects only")
     boxes = upcast(boxes) if boxes.is_floating_point() else boxes.float()

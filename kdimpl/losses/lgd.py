@@ -25,9 +25,8 @@ from .._base import LossModule
 from .._checks import _tracing, check_background_index, check_boxes, check_image_size, check_modules, check_shape
 from .._registry import register_loss
 from ..adapters.labelenc import LabelEncAdapter
-from ..adapters.lgd import LGDKnowledgeMapper, LGDRelationAdapter
-from ..masks import image_hw, pad_boxes
-from .labelenc import _normalised_feature_mse, _padded_labels
+from ..masks import image_hw, pad_box_values, pad_boxes
+from .labelenc import _normalised_feature_mse
 
 __all__ = ["LGDGates", "lgd_gates", "lgd_inside_box_masks", "lgd_label_descriptors", "lgd_teacher_features"]
 
@@ -130,7 +129,7 @@ def lgd_label_descriptors(
     boxes = boxes if boxes.is_floating_point() else boxes.float()
     n = boxes.shape[0]
     background = check_background_index(background_index, num_classes)
-    classes = _padded_labels(labels, gt_boxes, valid, num_classes).to(boxes.device)
+    classes = pad_box_values(labels, valid, name="labels", num_classes=num_classes).to(boxes.device)
     if not _tracing() and bool((valid & (classes == background)).any()):
         raise ValueError(f"labels holds the background class {background} for a box: descriptors encode objects only")
     img_h, img_w = image_hw(image_size, n, boxes)  # (N, 1)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._base import LossModule
-from .._checks import _tracing, check_boxes, check_feature_pair, check_labels, check_options, check_shape
+from .._checks import _tracing, check_boxes, check_feature_pair, check_options, check_shape
 from .._checks import check_unit_interval, value_checks_enabled
 from .._dtypes import compute_dtype, upcast
 from .._reduce import reduce_loss
 from .._registry import register_loss
-from ..masks import pad_boxes
+from ..masks import pad_box_values, pad_boxes
 
 __all__ = ["pgd_background_weights", "pgd_prediction_weights", "pgd_split_levels"]
 
@@ -65,28 +65,6 @@ def _pairwise_iou(pred: Tensor, boxes: Tensor, eps: float = 1e-6) -> Tensor:
     return overlap / union
 
 
-def _pad_labels(gt_labels: Sequence[Tensor] | Tensor, boxes_per_image: list[int], num_classes: int, device) -> Tensor:
-    """``(N, M)`` labels padded like :func:`kdimpl.masks.pad_boxes`, range-checked against ``K``."""
-    batch, num_boxes = len(boxes_per_image), max(boxes_per_image, default=0)
-    if isinstance(gt_labels, Tensor):
-        if not _tracing() and gt_labels.shape != (batch, num_boxes):
-            raise ValueError(
-                f"gt_labels as one tensor must be (N, M) = ({batch}, {num_boxes}), got {tuple(gt_labels.shape)}"
-            )
-        check_labels(gt_labels, num_classes, "gt_labels")
-        return gt_labels.long()
-    if not _tracing() and len(gt_labels) != batch:
-        raise ValueError(f"gt_labels has {len(gt_labels)} images but gt_boxes has {batch}")
-    labels = torch.zeros((batch, num_boxes), dtype=torch.long, device=device)
-    for i, (lab, count) in enumerate(zip(gt_labels, boxes_per_image)):  # one loop over images
-        if not _tracing() and lab.shape != (count,):
-            raise ValueError(f"gt_labels[{i}] must have shape ({count},), one label per box, got {tuple(lab.shape)}")
-        check_labels(lab, num_classes, f"gt_labels[{i}]")
-        labels[i, :count] = lab.long()
-    return labels
-
-
-@torch.no_grad()
 def pgd_prediction_weights(
     priors: Tensor,
     teacher_cls_logits: Tensor,
@@ -187,8 +165,7 @@ def pgd_prediction_weights(
     boxes, valid = pad_boxes(gt_boxes)
     boxes = boxes.to(pred.dtype)
     m = boxes.shape[1]
-    counts = [b.shape[0] for b in gt_boxes] if not isinstance(gt_boxes, Tensor) else [m] * n
-    labels = _pad_labels(gt_labels, counts, num_classes, logits.device)
+    labels = pad_box_values(gt_labels, valid, name="gt_labels", num_classes=num_classes).to(logits.device)
     centres = _prior_centres(upcast(priors), False)
 
     score = torch.sigmoid(logits.gather(2, labels[:, None, :].expand(n, p, m)))

@@ -23,39 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._base import LossModule
-from .._checks import _tracing, check_image_size, check_labels, check_options, check_shape, check_shapes
+from .._checks import check_image_size, check_options, check_shapes
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..distributed import reduce_normaliser
-from ..masks import image_hw, pad_boxes
+from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match, sigmoid_focal_loss
 
 __all__: list[str] = []
-
-
-def _pad_per_image(values: Sequence[Tensor] | Tensor, counts: list[int], name: str, like: Tensor,
-                   labels: bool) -> Tensor:
-    """Per-image ``(M_i,)`` scores or labels as one ``(N, max M_i)`` tensor, checked against the box counts.
-
-    A tensor ``(N, M)`` is padded per image (``M >= M_i``; entries past ``M_i`` are ignored).
-    """
-    dtype = torch.long if labels else like.dtype
-    if isinstance(values, Tensor):
-        check_shape(values, name, "N M", floating=not labels)
-        width = max(counts, default=0)
-        if not _tracing() and (values.shape[0] != len(counts) or values.shape[1] < width):
-            raise ValueError(f"{name} must hold one value per teacher box: got shape {tuple(values.shape)} for "
-                             f"{counts} boxes per image")
-        return values[:, :width].detach().to(device=like.device, dtype=dtype)
-    if not _tracing() and [v.shape[0] if isinstance(v, Tensor) else -1 for v in values] != counts:
-        raise ValueError(f"{name} must hold one value per teacher box, image by image: got "
-                         f"{[tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in values]} "
-                         f"for {counts} boxes")
-    padded = torch.zeros(len(values), max(counts, default=0), dtype=dtype, device=like.device)
-    for i, value in enumerate(values):  # one loop over images
-        check_shape(value, f"{name}[{i}]", "M", floating=not labels)
-        padded[i, : value.shape[0]] = value.detach().to(device=like.device, dtype=dtype)
-    return padded
 
 
 def teach_detr_loss(
@@ -169,10 +144,8 @@ def teach_detr_loss(
     z = upcast(student_logits)
     b = student_boxes.to(z.dtype)
     boxes, valid = pad_boxes(teacher_boxes, batch_size=n, name="teacher_boxes")
-    counts = [boxes.shape[1]] * n if isinstance(teacher_boxes, Tensor) else [x.shape[0] for x in teacher_boxes]
-    scores = _pad_per_image(teacher_scores, counts, "teacher_scores", z, labels=False)
-    labels = _pad_per_image(teacher_labels, counts, "teacher_labels", z, labels=True)
-    check_labels(labels, num_classes, "teacher_labels")
+    scores = pad_box_values(teacher_scores, valid, name="teacher_scores", dtype=z.dtype).detach()
+    labels = pad_box_values(teacher_labels, valid, name="teacher_labels", num_classes=num_classes)
     if boxes.shape[1] == 0:  # no teacher box in the batch: one padding column keeps the gathers defined
         boxes, valid = boxes.new_zeros(n, 1, 4), valid.new_zeros(n, 1)
         scores, labels = scores.new_zeros(n, 1), labels.new_zeros(n, 1)

@@ -36,7 +36,6 @@ from .._base import LossModule
 from .._checks import (
     check_boxes,
     check_image_size,
-    check_labels,
     check_options,
     check_same_shape,
     check_shape,
@@ -46,7 +45,7 @@ from .._checks import (
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..adapters.unikd import _normalised_cxcywh
-from ..masks import image_hw, pad_boxes
+from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import (
     aligned_box_iou,
     box_cxcywh_to_xyxy,
@@ -247,13 +246,7 @@ def _targets(
     boxes, valid = boxes.to(like), valid.to(like.device)
     if boxes.shape[1] == 0:  # no box in the batch: one padding column keeps the gathers defined
         boxes, valid = boxes.new_zeros(n, 1, 4), valid.new_zeros(n, 1)
-    labels = torch.zeros(valid.shape, dtype=torch.long, device=like.device)
-    for i in range(n):  # one loop over images
-        image_labels = gt_labels[i]
-        check_labels(image_labels, num_classes, f"gt_labels[{i}]")
-        if image_labels.shape[0] != int(valid[i].sum()):
-            raise ValueError(f"gt_labels[{i}] has {image_labels.shape[0]} labels for {int(valid[i].sum())} boxes")
-        labels[i, : image_labels.shape[0]] = image_labels.to(like.device)
+    labels = pad_box_values(gt_labels, valid, name="gt_labels", num_classes=num_classes)
     target = _normalised_cxcywh(boxes, image_size)
     onehot = F.one_hot(labels, num_classes).to(like.dtype) * valid[..., None].to(like.dtype)
     return target, onehot, valid

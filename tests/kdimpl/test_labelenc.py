@@ -136,7 +136,7 @@ def test_label_map_checks_its_inputs():
         labelenc_label_map(boxes, [torch.tensor([2.0])], (4, 7), 4)
     with pytest.raises(ValueError, match="labels has 2 images"):
         labelenc_label_map(boxes, labels * 2, (4, 7), 4)
-    with pytest.raises(ValueError, match="one class per box"):
+    with pytest.raises(ValueError, match="one label per box"):
         labelenc_label_map(boxes, [torch.tensor([2, 1])], (4, 7), 4)
     with pytest.raises(ValueError, match="x2 < x1"):
         labelenc_label_map([torch.tensor([[5.0, 1.0, 1.0, 3.0]])], labels, (4, 7), 4)

@@ -312,7 +312,7 @@ def test_label_descriptors_conventions_and_checks():
     assert descriptors[1, 1].abs().sum() == 0
     with pytest.raises(ValueError, match="background class 0"):
         lgd_label_descriptors(boxes, [torch.tensor([0])], (16, 32), 4)
-    with pytest.raises(ValueError, match=r"labels\[0\] must give one class per box"):
+    with pytest.raises(ValueError, match=r"labels\[0\] must hold one label per box"):
         lgd_label_descriptors(boxes, [torch.tensor([1, 2])], (16, 32), 4)
     with pytest.raises(ValueError, match="x2 < x1"):
         lgd_label_descriptors([torch.tensor([[9.0, 0.0, 1.0, 8.0]])], [torch.tensor([1])], (16, 32), 4)

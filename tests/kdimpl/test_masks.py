@@ -245,3 +245,34 @@ def test_empty_batch_gives_empty_masks():
 def test_image_hw_gives_per_image_columns():
     height, width = masks.image_hw(torch.tensor([[10, 20], [30, 40]]), 2, torch.zeros(1))
     assert height.tolist() == [[10.0], [30.0]] and width.tolist() == [[20.0], [40.0]]
+
+
+def test_pad_box_values_lays_values_out_like_the_boxes():
+    boxes = [torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 5.0, 5.0]]), torch.zeros(0, 4), torch.tensor([[2.0, 2.0, 3.0, 3.0]])]
+    labels = [torch.tensor([3, 1]), torch.zeros(0, dtype=torch.long), torch.tensor([2])]
+    _, valid = masks.pad_boxes(boxes, min_boxes=3)
+    padded = masks.pad_box_values(labels, valid, name="gt_labels", num_classes=4)
+    assert padded.dtype == torch.int64 and padded.tolist() == [[3, 1, 0], [0, 0, 0], [2, 0, 0]]
+    # a padded tensor, wider than the boxes, with -1 in its padding: only real slots are read and checked
+    tensor = torch.tensor([[3, 1, -1, -1], [-1, -1, -1, -1], [2, -1, -1, -1]])
+    assert torch.equal(masks.pad_box_values(tensor, valid, name="gt_labels", num_classes=4), padded)
+    scores = masks.pad_box_values([torch.tensor([0.5, 0.25]), torch.zeros(0), torch.tensor([1.0])], valid, name="scores",
+                                  dtype=torch.float64)
+    assert scores.dtype == torch.float64 and scores.tolist() == [[0.5, 0.25, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_pad_box_values_refuses_values_that_do_not_match_the_boxes():
+    _, valid = masks.pad_boxes([torch.zeros(2, 4), torch.zeros(1, 4)])
+    with pytest.raises(ValueError, match=r"gt_labels\[1\] must hold one label per box: shape \(2,\) for 1 boxes"):
+        masks.pad_box_values([torch.tensor([1, 2]), torch.tensor([1, 2])], valid, name="gt_labels", num_classes=3)
+    with pytest.raises(ValueError, match="gt_labels has 1 images but the boxes have 2"):
+        masks.pad_box_values([torch.tensor([1, 2])], valid, name="gt_labels", num_classes=3)
+    with pytest.raises(ValueError, match=r"gt_labels\[0\] must lie in \[0, 3\)"):
+        masks.pad_box_values([torch.tensor([1, 3]), torch.tensor([0])], valid, name="gt_labels", num_classes=3)
+    with pytest.raises(ValueError, match="one value per box: shape \\(2, 1\\) for boxes padded to \\(2, 2\\)"):
+        masks.pad_box_values(torch.zeros(2, 1), valid, name="scores")
+    with pytest.raises(TypeError, match="integer tensor"):
+        masks.pad_box_values([torch.tensor([1.0, 2.0]), torch.tensor([0.0])], valid, name="gt_labels", num_classes=3)
+    scattered = torch.tensor([[False, True], [True, False]])  # padded boxes whose real row is not first
+    with pytest.raises(ValueError, match="are not its first rows"):
+        masks.pad_box_values([torch.tensor([1]), torch.tensor([2])], scattered, name="gt_labels", num_classes=3)
