@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .._base import LossModule
 from .._checks import _tracing, check_image_size, check_options, check_shapes
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 
 __all__ = ["baron_contrastive_terms", "baron_neighbor_probabilities", "baron_neighbor_boxes"]
@@ -220,15 +221,6 @@ def _check_queue(student_queue, teacher_queue, queue_image_ids, image_ids, dim_o
             raise ValueError("queue_image_ids needs image_ids (the image of every query)")
 
 
-def _reduce(terms: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    if reduction == "none":
-        return terms.to(dtype)
-    total = terms.sum()
-    if reduction == "mean":
-        total = total / max(terms.shape[0], 1)
-    return total.to(dtype)
-
-
 def baron_bag_loss(
     student_words: Tensor,
     teacher_embeddings: Tensor,
@@ -328,7 +320,7 @@ def baron_bag_loss(
     same_bag = None if bag_ids is None else bag_ids[:, None] == bag_ids[None, :]
     terms = baron_contrastive_terms(student, teacher_embeddings, same_bag, image_ids, student_queue, teacher_queue,
                                     queue_image_ids, temperature=temperature)
-    return _reduce(terms, reduction, student_words.dtype)
+    return reduce_loss(terms, reduction).to(student_words.dtype)
 
 
 @register_loss("baron_bag", function=baron_bag_loss, distributed="batch")
@@ -425,7 +417,7 @@ def baron_region_loss(
     same_box = None if region_ids is None else region_ids[:, None] == region_ids[None, :]
     terms = baron_contrastive_terms(student_embeddings, teacher_embeddings, same_box, image_ids, student_queue,
                                     teacher_queue, queue_image_ids, temperature=temperature)
-    return _reduce(terms, reduction, student_embeddings.dtype)
+    return reduce_loss(terms, reduction).to(student_embeddings.dtype)
 
 
 @register_loss("baron_region", function=baron_region_loss, distributed="batch")

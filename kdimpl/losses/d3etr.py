@@ -30,9 +30,10 @@ from torch import Tensor
 from .._base import LossModule
 from .._checks import check_options, check_shapes
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..ops import detr_match_cost, hungarian_match
-from .detrdistill import _matched_pred_terms, _reduce
+from .detrdistill import _matched_pred_terms
 
 __all__ = ["d3etr_match"]
 
@@ -175,7 +176,7 @@ def d3etr_pred_loss(
     q_t = teacher_logits.detach().to(z_s.dtype).sigmoid()
     terms = _matched_pred_terms(z_s, student_boxes.to(z_s.dtype), q_t, teacher_boxes.detach().to(z_s.dtype), match,
                                 class_weight, l1_weight, giou_weight)
-    return _reduce(terms, (match >= 0).sum(), reduction, student_logits.dtype)
+    return reduce_loss(terms, reduction, avg_factor=(match >= 0).sum().clamp(min=1)).to(student_logits.dtype)
 
 
 @register_loss("d3etr_pred", function=d3etr_pred_loss)

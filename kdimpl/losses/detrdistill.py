@@ -27,6 +27,7 @@ from torch import Tensor
 from .._base import LossModule
 from .._checks import check_image_size, check_options, check_shapes
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import (
@@ -69,15 +70,6 @@ def _matched_pred_terms(
     cls = F.binary_cross_entropy_with_logits(z_s, target_probs, reduction="none").sum(dim=-1)
     l1, giou = _box_terms(b_s, target_boxes)
     return class_weight * cls + is_matched * (l1_weight * l1 + giou_weight * giou)
-
-
-def _reduce(terms: Tensor, count: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    if reduction == "none":
-        return terms.to(dtype)
-    total = terms.sum()
-    if reduction == "sum":
-        return total.to(dtype)
-    return (total / count.to(total.dtype).clamp(min=1)).to(dtype)
 
 
 def detrdistill_pred_loss(
@@ -183,7 +175,7 @@ def detrdistill_pred_loss(
                                l1_weight=l1_weight, giou_weight=giou_weight)
         matched = hungarian_match(cost)
     terms = _matched_pred_terms(z_s, b_s, q_t, b_t, matched, class_weight, l1_weight, giou_weight)
-    return _reduce(terms, (matched >= 0).sum(), reduction, student_logits.dtype)
+    return reduce_loss(terms, reduction, avg_factor=(matched >= 0).sum().clamp(min=1)).to(student_logits.dtype)
 
 
 @register_loss("detrdistill_pred", function=detrdistill_pred_loss)
@@ -443,6 +435,11 @@ def detrdistill_group_loss(
         the official loss is mmdetection's ``FocalLoss`` (weight 2.0), ``L1Loss`` (5.0) and
         ``GIoULoss`` (2.0), all divided by the positives (averaged over GPUs, clamped to 1). A
         NaN teacher input gives a NaN loss here (its assignment is meaningless).
+
+        Under ``DistributedDataParallel`` each process divides by its own count of matched queries
+        (its ground-truth boxes); inside :func:`kdimpl.distributed.global_normalisers` it divides
+        by the mean over processes, as the official code does, and the gradients equal those of one
+        process on the union batch (behaviour ``'count'``).
     """
     check_shapes(
         student_logits=(student_logits, "N Q K"),
@@ -479,10 +476,10 @@ def detrdistill_group_loss(
     focal = sigmoid_focal_loss(z_s, target, alpha=focal_alpha, gamma=focal_gamma)
     l1, giou = _box_terms(b_s, target_boxes)
     terms = class_weight * focal.sum(dim=-1) + is_matched * (l1_weight * l1 + giou_weight * giou) + poison
-    return _reduce(terms, is_matched.sum(), reduction, student_logits.dtype)
+    return reduce_loss(terms, reduction, avg_factor=is_matched.sum().clamp(min=1)).to(student_logits.dtype)
 
 
-@register_loss("detrdistill_group", function=detrdistill_group_loss)
+@register_loss("detrdistill_group", function=detrdistill_group_loss, distributed="count")
 class DETRDistillGroupLoss(LossModule):
     """Module twin of :func:`detrdistill_group_loss`; ``loss_weight`` multiplies the result."""
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from .._base import LossModule
 from .._checks import check_options, check_shapes
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 
 __all__ = ["oadp_adaptive_boxes"]
@@ -38,15 +39,6 @@ def _unit(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """The student normalised (the heads' last layer does it), the teacher as given (normalised offline)."""
     s = F.normalize(upcast(student), dim=-1)
     return s, upcast(teacher.detach()).to(s.dtype)
-
-
-def _reduce(terms: Tensor, reduction: str, dtype: torch.dtype, mean_is_sum: bool = False) -> Tensor:
-    if reduction == "none":
-        return terms.to(dtype)
-    total = terms.sum()
-    if reduction == "mean" and not mean_is_sum:
-        total = total / max(terms.numel(), 1)
-    return total.to(dtype)
 
 
 def oadp_embedding_loss(
@@ -107,7 +99,7 @@ def oadp_embedding_loss(
                          f"{tuple(student_embeddings.shape)} and {tuple(teacher_embeddings.shape)}")
     check_options(reduction=reduction)
     s, t = _unit(student_embeddings, teacher_embeddings)
-    return _reduce((s - t).abs(), reduction, student_embeddings.dtype)
+    return reduce_loss((s - t).abs(), reduction).to(student_embeddings.dtype)
 
 
 @register_loss("oadp_embedding", function=oadp_embedding_loss)
@@ -177,7 +169,7 @@ def oadp_relation_loss(
     check_options(reduction=reduction)
     s = F.normalize(upcast(student_embeddings), dim=-1).flatten(0, -2)
     t = upcast(teacher_embeddings.detach()).flatten(0, -2).to(s.dtype)
-    return _reduce((s @ s.T - t @ t.T).square(), reduction, student_embeddings.dtype)
+    return reduce_loss((s @ s.T - t @ t.T).square(), reduction).to(student_embeddings.dtype)
 
 
 @register_loss("oadp_relation", function=oadp_relation_loss, distributed="batch")
@@ -242,7 +234,7 @@ def oadp_global_loss(
     check_shapes(student_embeddings=(student_embeddings, "N D"), teacher_embeddings=(teacher_embeddings, "N D"))
     check_options(reduction=reduction)
     s, t = _unit(student_embeddings, teacher_embeddings)
-    return _reduce((s - t).square(), reduction, student_embeddings.dtype, mean_is_sum=True)
+    return reduce_loss((s - t).square(), "sum" if reduction == "mean" else reduction).to(student_embeddings.dtype)
 
 
 @register_loss("oadp_global", function=oadp_global_loss, distributed="sum")

@@ -16,8 +16,10 @@ def _decoder_pair(generator, device, dtype, batch, queries=QUERIES):
 
 
 def _gt(generator, device, dtype, batch, num_boxes, image_size):
-    boxes = [random_boxes(generator, num_boxes, image_size, device, dtype) for _ in range(batch)]
-    labels = [torch.randint(0, CLASSES, (num_boxes,), generator=generator).to(device) for _ in range(batch)]
+    # the second half of the batch has one box fewer: halves (the DDP test's processes) count different boxes
+    counts = [num_boxes if i < (batch + 1) // 2 else max(num_boxes - 1, 0) for i in range(batch)]
+    boxes = [random_boxes(generator, m, image_size, device, dtype) for m in counts]
+    labels = [torch.randint(0, CLASSES, (m,), generator=generator).to(device) for m in counts]
     return boxes, labels
 
 
