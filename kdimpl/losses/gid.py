@@ -35,6 +35,7 @@ from .._checks import (
     check_shape,
 )
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..masks import image_hw, pad_boxes
 from ..ops import box_iou, nms_top_k, roi_align_padded
@@ -289,6 +290,10 @@ def gid_feature_loss(
     Notes:
         Pooling follows ``torchvision.ops.roi_align(aligned=True)`` except for boxes narrower than one
         cell of their level, whose size is clamped to one cell (:func:`kdimpl.ops.roi_align_padded`).
+
+        Under ``DistributedDataParallel`` each process divides by its own instance count; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_options(reduction=reduction)
     s_levels, t_levels, boxes, valid = _prepare(student, teacher, instance_boxes, image_size, instance_mask, adapter_student)
@@ -298,12 +303,7 @@ def gid_feature_loss(
              - gid_instance_features(t_levels, boxes, image_size, **pool)).square()
     error = torch.where(valid[..., None, None, None], error, torch.zeros_like(error))
     dtype = _levels(student)[0].dtype
-    if reduction == "none":
-        return error.to(dtype)
-    total = error.sum()
-    if reduction == "mean":
-        total = total / (valid.sum() * output_size**2).clamp(min=1)
-    return total.to(dtype)
+    return reduce_loss(error, reduction, avg_factor=(valid.sum() * output_size**2).clamp(min=1)).to(dtype)
 
 
 def _pairwise_distances(x: Tensor) -> Tensor:
@@ -502,6 +502,10 @@ def gid_response_loss(
     Notes:
         The official code labels anchors with detectron2's ``Matcher`` (thresholds ``[0.4, 0.5]``,
         ambiguous anchors set to 0), which keeps exactly the anchors with IoU of at least 0.5.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of distilled anchors; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_options(cls_weight=cls_weight, reg_weight=reg_weight, reduction=reduction)
     inputs = [_levels(x) for x in (student_logits, teacher_logits, student_deltas, teacher_deltas, anchors)]
@@ -529,11 +533,7 @@ def gid_response_loss(
     cls = F.binary_cross_entropy_with_logits(s_cls, t_cls.sigmoid(), reduction="none").sum(dim=-1)
     reg = F.smooth_l1_loss(s_reg, t_reg, reduction="none", beta=beta).sum(dim=-1)
     per_anchor = torch.where(distilled, cls_weight * cls + reg_weight * reg, torch.zeros_like(cls))
-    dtype = inputs[0][0].dtype
-    if reduction == "none":
-        return per_anchor.to(dtype)
-    total = per_anchor.sum()
-    return (total / distilled.sum().clamp(min=1) if reduction == "mean" else total).to(dtype)
+    return reduce_loss(per_anchor, reduction, avg_factor=distilled.sum().clamp(min=1)).to(inputs[0][0].dtype)
 
 
 def _adapter(student_channels: int | None, channels: int | None) -> dict:
@@ -544,7 +544,7 @@ def _adapter(student_channels: int | None, channels: int | None) -> dict:
     return {"adapter_student": nn.Conv2d(student_channels, channels, 3, padding=1)}
 
 
-@register_loss("gid_feature", function=gid_feature_loss)
+@register_loss("gid_feature", function=gid_feature_loss, distributed="count")
 class GIDFeatureLoss(LossModule):
     """Module twin of :func:`gid_feature_loss`; ``loss_weight`` multiplies the result (official: 5e-4).
 
@@ -603,7 +603,7 @@ class GIDRelationLoss(LossModule):
         )
 
 
-@register_loss("gid_response", function=gid_response_loss)
+@register_loss("gid_response", function=gid_response_loss, distributed="count")
 class GIDResponseLoss(LossModule):
     """Module twin of :func:`gid_response_loss`; ``loss_weight`` multiplies the result."""
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from .._base import LossModule
 from .._checks import check_boxes, check_feature_pair, check_image_size, check_options
 from .._dtypes import upcast
+from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..masks import pad_boxes, scale_boxes_to_feature
 
@@ -92,6 +93,10 @@ def mimic_loss(
         (the element count of the cropped region); a secondary note leaves open whether the paper
         divides by cells only, which would scale every term by :math:`C` (absorbed by ``loss_weight``).
 
+        Under ``DistributedDataParallel`` each process divides by its own number of proposals; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
+
     Example:
         >>> import torch
         >>> s, t = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8)
@@ -120,15 +125,10 @@ def mimic_loss(
     region_err = (rows * per_row.transpose(1, 2)).sum(dim=2) * valid.to(s.dtype)
     cells = (bounds[..., 2] - bounds[..., 0] + 1) * (bounds[..., 3] - bounds[..., 1] + 1)
     per_proposal = region_err / (2 * s.shape[1] * cells.to(s.dtype))
-    if reduction == "none":
-        return per_proposal.to(student.dtype)
-    total = per_proposal.sum()
-    if reduction == "mean":
-        total = total / valid.sum().clamp(min=1).to(s.dtype)
-    return total.to(student.dtype)
+    return reduce_loss(per_proposal, reduction, avg_factor=valid.sum().clamp(min=1)).to(student.dtype)
 
 
-@register_loss("mimic", function=mimic_loss)
+@register_loss("mimic", function=mimic_loss, distributed="count")
 class MimicLoss(LossModule):
     """Module twin of :func:`mimic_loss`; ``loss_weight`` is the paper's :math:`\\lambda_1`."""
 

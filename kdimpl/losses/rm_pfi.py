@@ -127,6 +127,10 @@ def rm_loss(
         both score vectors before the softmax (which discards which anchor ranks where), reads the
         student's labels at the teacher's anchors, and averages per image over all objects,
         candidates or not.
+
+        Under ``DistributedDataParallel`` each process divides by its own number of objects with candidates; inside
+        :func:`kdimpl.distributed.global_normalisers` it divides by the mean over processes and the
+        gradients equal those of one process on the union batch (behaviour ``'count'``).
     """
     check_shape(student_logits, "student_logits", "N P K")
     check_shape(teacher_logits, "teacher_logits", "N P K")
@@ -237,7 +241,7 @@ def pfi_loss(
     return reduce_loss(per_cell, reduction).to(student.dtype)
 
 
-@register_loss("rm", function=rm_loss)
+@register_loss("rm", function=rm_loss, distributed="count")
 class RMLoss(LossModule):
     """Module twin of :func:`rm_loss`; ``loss_weight`` multiplies the result."""
 

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import kdimpl  # noqa: E402
+from kdimpl.masks import pad_boxes  # noqa: E402
 
 from .cases import all_cases  # noqa: E402
 
@@ -249,7 +250,7 @@ def test_padded_boxes_with_gt_mask_equal_the_list(name, case, device, dtype):
 @pytest.mark.parametrize("name", GT_MASK_NAMES)
 def test_gt_mask_is_checked(name, case, device, dtype):
     args, kwargs = _inputs(case, device, dtype)
-    padded = torch.stack(kwargs["gt_boxes"])
+    padded, _ = pad_boxes(kwargs["gt_boxes"])
     with pytest.raises(ValueError, match="gt_mask must be a bool tensor of shape"):
         _call_function(name, args, {**kwargs, "gt_boxes": padded, "gt_mask": torch.ones(padded.shape[:2])}, **case.options)
     with pytest.raises(ValueError, match="gt_mask marks the real rows"):

@@ -48,6 +48,15 @@ def random_boxes(generator: torch.Generator, num_boxes: int, image_size: tuple[i
     return torch.stack([x1, y1, x2, y2], dim=1).to(device=device, dtype=dtype)
 
 
+def box_counts(num_boxes: int, batch: int) -> list[int]:
+    """Per-image box counts: the second half of the batch has one box fewer than ``num_boxes``.
+
+    The DDP test gives each half to one process; a loss that divides by a count of boxes then
+    divides by different counts in the two processes, which tells ``'count'`` from ``'exact'``.
+    """
+    return [num_boxes if i < (batch + 1) // 2 else max(num_boxes - 1, 0) for i in range(batch)]
+
+
 def feature_pair(generator, device, dtype, batch, channels, height, width):
     """A seeded (student, teacher) pair of feature maps, teacher correlated with the student."""
     student = torch.randn(batch, channels, height, width, generator=generator)

@@ -1,6 +1,6 @@
 import torch
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 STRIDE = 8
 
@@ -8,7 +8,7 @@ STRIDE = 8
 def _features(generator, device, dtype, *, batch, height, width, num_boxes):
     image_size = (height * STRIDE, width * STRIDE)
     student, teacher = feature_pair(generator, device, dtype, batch, 4, height, width)
-    boxes = [random_boxes(generator, num_boxes, image_size, device) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, image_size, device) for m in box_counts(num_boxes, batch)]
     return (student, teacher), {"gt_boxes": boxes, "image_size": image_size}
 
 

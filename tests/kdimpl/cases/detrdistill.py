@@ -1,6 +1,6 @@
 import torch
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 QUERIES = 6
 CLASSES = 4
@@ -16,8 +16,7 @@ def _decoder_pair(generator, device, dtype, batch, queries=QUERIES):
 
 
 def _gt(generator, device, dtype, batch, num_boxes, image_size):
-    # the second half of the batch has one box fewer: halves (the DDP test's processes) count different boxes
-    counts = [num_boxes if i < (batch + 1) // 2 else max(num_boxes - 1, 0) for i in range(batch)]
+    counts = box_counts(num_boxes, batch)
     boxes = [random_boxes(generator, m, image_size, device, dtype) for m in counts]
     labels = [torch.randint(0, CLASSES, (m,), generator=generator).to(device) for m in counts]
     return boxes, labels

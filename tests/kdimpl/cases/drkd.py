@@ -2,7 +2,7 @@ import torch
 
 from kdimpl.adapters.drkd import GloReUnit, InstanceRelation
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 CHANNELS = 4
 
@@ -22,7 +22,7 @@ def _pixel_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
 
 def _instance_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     image_size = (height * 8, width * 8)
-    boxes = [random_boxes(generator, num_boxes, image_size, device, dtype) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, image_size, device, dtype) for m in box_counts(num_boxes, batch)]
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     relation = InstanceRelation(CHANNELS * 9, max_instances=8).to(device, _module_dtype(dtype))
     adaptation = torch.nn.Conv2d(CHANNELS, CHANNELS, 1).to(device, _module_dtype(dtype))

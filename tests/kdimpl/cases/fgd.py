@@ -2,7 +2,7 @@ import torch
 
 from kdimpl.adapters.fgd import FGDGlobalContext
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 CHANNELS = 8
 
@@ -23,7 +23,7 @@ def global_blocks(generator, device, dtype, channels=CHANNELS):
 def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     student, teacher = feature_pair(generator, device, dtype, batch, CHANNELS, height, width)
     sizes = [(height * 8, width * 8), (height * 8 - 5, width * 8 - 9)] * batch
-    boxes = [random_boxes(generator, num_boxes, sizes[i], device) for i in range(batch)]
+    boxes = [random_boxes(generator, m, sizes[i], device) for i, m in enumerate(box_counts(num_boxes, batch))]
     image_size = torch.tensor(sizes[:batch], dtype=torch.float32, device=device).reshape(batch, 2)
     global_student, global_teacher = global_blocks(generator, device, dtype)
     kwargs = {

@@ -1,6 +1,6 @@
 import torch
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 CHANNELS = 4
 STRIDE = 8
@@ -8,7 +8,7 @@ STRIDE = 8
 
 def _feature_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     image_size = (height * STRIDE, width * STRIDE)
-    boxes = [random_boxes(generator, num_boxes, image_size, device, dtype) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, image_size, device, dtype) for m in box_counts(num_boxes, batch)]
     features = feature_pair(generator, device, dtype, batch, CHANNELS, height, width)
     return features, {"instance_boxes": boxes, "image_size": image_size}
 
@@ -25,8 +25,8 @@ def _response_inputs(generator, device, dtype, *, batch, height, width, num_boxe
     deltas = feature_pair(generator, device, dtype, batch, 4, height, width)
     anchors = grid_anchors(height, width, device, dtype)
     boxes = []
-    for _ in range(batch):  # instances one pixel off random anchors (IoU > 0.5 with them)
-        pick = torch.randint(0, height * width, (num_boxes,), generator=generator)
+    for m in box_counts(num_boxes, batch):  # instances one pixel off random anchors (IoU > 0.5 with them)
+        pick = torch.randint(0, height * width, (m,), generator=generator)
         boxes.append(anchors[pick.to(device)] + 1.0)
     return (*logits, *deltas, anchors), {"instance_boxes": boxes}
 

@@ -1,4 +1,4 @@
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 STRIDE = 8
 
@@ -11,7 +11,7 @@ def _inputs(generator, device, dtype, *, batch, height, width, num_boxes):
 
 def _bmfi_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     image_size = (height * STRIDE, width * STRIDE)
-    boxes = [random_boxes(generator, num_boxes, image_size, device, dtype) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, image_size, device, dtype) for m in box_counts(num_boxes, batch)]
     features = feature_pair(generator, device, dtype, batch, 4, height, width)
     return features, {"gt_boxes": boxes, "image_size": image_size}
 

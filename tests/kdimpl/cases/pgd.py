@@ -2,7 +2,7 @@ import torch
 
 from kdimpl.masks import foreground_mask
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 _IMAGE = (96, 160)
 
@@ -12,7 +12,7 @@ def _maps(generator, device, dtype, batch, height, width, num_boxes):
     if batch == 0:
         empty = torch.zeros(0, height, width, device=device, dtype=dtype)
         return empty, empty
-    boxes = [random_boxes(generator, num_boxes, _IMAGE, device) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, _IMAGE, device) for m in box_counts(num_boxes, batch)]
     inside = foreground_mask(boxes, _IMAGE, (height, width))
     fg = inside * torch.rand(batch, height, width, generator=generator).to(device)
     return fg.to(dtype), (1 - inside).to(dtype)

@@ -1,6 +1,6 @@
 import torch
 
-from . import LossCase, feature_pair
+from . import LossCase, box_counts, feature_pair
 
 CHANNELS = 8
 CLASSES = 3
@@ -17,11 +17,12 @@ def _rm_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
                         for x in _logits(generator, device, dtype, batch, ANCHORS * CLASSES, height, width))
     # every object gets a few random candidates (at least two), the other anchors none
     assigned = torch.full((batch, num_anchors), -1, dtype=torch.long)
+    counts = box_counts(num_boxes, batch)
     for i in range(batch):
         order = torch.randperm(num_anchors, generator=generator)
-        for j in range(num_boxes):
+        for j in range(counts[i]):
             assigned[i, order[4 * j: 4 * j + 2 + j % 3]] = j
-    labels = [torch.randint(0, CLASSES, (num_boxes,), generator=generator).to(device) for _ in range(batch)]
+    labels = [torch.randint(0, CLASSES, (m,), generator=generator).to(device) for m in counts]
     return (student, teacher), {"assigned_gt": assigned.to(device), "gt_labels": labels}
 
 

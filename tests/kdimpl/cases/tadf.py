@@ -1,6 +1,6 @@
 import torch
 
-from . import LossCase, feature_pair, random_boxes
+from . import LossCase, box_counts, feature_pair, random_boxes
 
 CHANNELS = 8
 CLASSES = 5
@@ -10,7 +10,7 @@ ROIS_PER_IMAGE = 6
 def _feature_inputs(generator, device, dtype, *, batch, height, width, num_boxes):
     student, teacher = feature_pair(generator, device, dtype, batch, CHANNELS, height, width)
     image = (height * 8, width * 8)
-    boxes = [random_boxes(generator, num_boxes, image, device) for _ in range(batch)]
+    boxes = [random_boxes(generator, m, image, device) for m in box_counts(num_boxes, batch)]
     return (student, teacher), {"gt_boxes": boxes, "image_size": image}
 
 
