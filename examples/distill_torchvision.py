@@ -210,6 +210,21 @@ def feature_loss_inputs(loss: nn.Module, tap: DetectorTap, box_capacity: int | N
     return {k: v for k, v in available.items() if k in params}
 
 
+def adapt_outside(criterion: kdimpl.MultiLevelLoss, students: list[Tensor]) -> tuple[list[Tensor], dict[str, object]]:
+    """Apply the loss modules' ``adapter_student`` eagerly, for a compiled ``criterion``.
+
+    A convolution inside the compiled graph compiles once per feature size (torch 2.13's inductor
+    fixes the strides of a convolution's backward), so the adapters run before it and the loss is
+    told that ``student`` is already adapted (``adapter_student=None`` overrides the stored one).
+    """
+    losses = list(criterion.losses)
+    losses = losses if len(losses) == len(students) else losses[:1] * len(students)
+    adapters = [getattr(loss, "adapter_student", None) for loss in losses]
+    if all(adapter is None for adapter in adapters):
+        return students, {}
+    return [s if a is None else a(s) for a, s in zip(adapters, students)], {"adapter_student": None}
+
+
 class Distiller(nn.Module):
     """The distillation criterion: a feature loss over every FPN level (and a RoI loss, two-stage only)."""
 
@@ -244,6 +259,8 @@ class Distiller(nn.Module):
         criterion = self.features
         inputs = feature_loss_inputs(self.features.losses[0], tap, self.box_capacity if self.compiled is not None else None)
         if self.compiled is not None:
+            student_feats, adapted = adapt_outside(self.features, student_feats)
+            inputs.update(adapted)
             # Feature sizes change every batch: marked dynamic, with the boxes padded to a fixed capacity.
             mark_dynamic_sizes(student_feats, teacher_feats_list, inputs.get("gt_boxes"))
             criterion = self.compiled

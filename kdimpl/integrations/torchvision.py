@@ -241,7 +241,9 @@ def mark_dynamic_sizes(
 
     - a convolution over the feature maps (an adapter the loss module holds, such as DeFeat's)
       compiles once per feature size: the lowering of its backward fixes its inputs' strides.
-      Apply such adapters outside the compiled loss where that matters;
+      Apply such adapters before the compiled loss and pass ``adapter_student=None`` (a keyword
+      given to a module twin overrides its stored piece), as ``adapt_outside`` in
+      ``examples/distill_torchvision.py`` does;
     - on the CPU, any convolution (DRKD's, over RoI features) turns on channels-last layout
       optimisation, whose guards bound the feature sizes; pass
       ``options={"layout_optimization": False}`` to ``torch.compile``.
