@@ -88,3 +88,31 @@ def test_one_graph_over_changing_sizes_and_box_counts(name):
         torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(args[0].grad, eager_args[0].grad, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1, f"{name} compiled {counters['stats']['unique_graphs']} graphs"
+
+
+@pytest.mark.usefixtures("cold_compiles")
+def test_adapter_applied_before_the_compiled_loss_keeps_one_graph():
+    """The recipe for a loss module holding an adapter convolution: adapt eagerly, pass ``adapter_student=None``."""
+    from torch._dynamo.utils import counters
+
+    from kdimpl import DeFeatLoss
+
+    criterion = DeFeatLoss(student_channels=4, teacher_channels=6)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(criterion)
+    generator = torch.Generator().manual_seed(0)
+    for height, width, count in STEPS:
+        student = torch.randn(2, 4, height, width, generator=generator, requires_grad=True)
+        teacher = torch.randn(2, 6, height, width, generator=generator)
+        boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]).repeat(count, 1), torch.tensor([[0.0, 4.0, 20.0, 60.0]]).repeat(count // 2, 1)]
+        gt_boxes, gt_mask = pad_boxes(boxes, min_boxes=CAPACITY)
+        image_size = torch.tensor([height * 8, width * 8])
+        adapted = criterion.adapter_student(student)
+        mark_dynamic_sizes([adapted, teacher], [])
+        loss = compiled(adapted, teacher, gt_boxes=gt_boxes, gt_mask=gt_mask, image_size=image_size,
+                        adapter_student=None)
+        loss.backward()
+        torch.testing.assert_close(loss, criterion(student, teacher, gt_boxes=boxes, image_size=image_size))
+        assert student.grad is not None and criterion.adapter_student.weight.grad is not None
+    assert counters["stats"]["unique_graphs"] == 1
