@@ -2,7 +2,8 @@
 
 Every loss comes as a function (``fgd_loss``) and an ``nn.Module`` twin (``FGDLoss``) taking
 the same tensors; the function's docstring holds the paper's equations. :func:`multilevel_loss`
-and :class:`MultiLevelLoss` apply any of them over a list of FPN levels in one line.
+and :class:`MultiLevelLoss` apply any of them over a list of FPN levels in one line (a keyword
+input with one entry per level is wrapped in :class:`PerLevel`).
 
 Vocabulary
 ----------
@@ -14,7 +15,9 @@ The same word means the same thing in every loss (``tests/kdimpl/test_vocabulary
 - ``gt_boxes``: one ``(M_i, 4)`` tensor per image (or a padded ``(N, M, 4)`` tensor), boxes as
   ``x1, y1, x2, y2`` in pixels of the (resized, padded) input tensor that the features were
   computed from. ``image_size``: that tensor's ``(height, width)``. Each loss maps boxes to the
-  feature map it receives, so the same boxes serve every FPN level.
+  feature map it receives, so the same boxes serve every FPN level. ``gt_mask``: the ``(N, M)``
+  bool mask of the real rows of a padded ``gt_boxes`` (:func:`kdimpl.masks.pad_boxes`; padding
+  to a fixed capacity keeps ``torch.compile`` to one graph).
 - ``labels``: integer class indices with ``background_index`` naming the background class
   (default 0, torchvision's convention; mmdetection puts it last: pass ``-1``). Labels are
   range-checked against the logits.
