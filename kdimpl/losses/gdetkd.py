@@ -218,7 +218,7 @@ def gdetkd_contrastive_loss(
     check_same_shape(student, teacher, ("student", "teacher"))
     n, r, _ = student.shape
     if rois is not None:
-        boxes, valid = pad_boxes(rois, roi_mask, batch_size=n, name="rois")
+        boxes, valid = pad_boxes(rois, roi_mask, batch_size=n, name="rois", mask_name="roi_mask")
         if not _tracing() and boxes.shape[1] != r:
             raise ValueError(f"rois has {boxes.shape[1]} boxes per image but student has {r} RoIs per image")
     else:

@@ -217,7 +217,7 @@ def _prepare(student: Levels, teacher: Levels, instance_boxes, image_size, insta
     check_boxes(instance_boxes, n, name="instance_boxes")
     check_image_size(image_size, n, students[0])
     t_levels = [upcast(t.detach()) for t in teachers]
-    boxes, valid = pad_boxes(instance_boxes, instance_mask)
+    boxes, valid = pad_boxes(instance_boxes, instance_mask, name="instance_boxes", mask_name="instance_mask")
     boxes = boxes.to(device=s_levels[0].device, dtype=s_levels[0].dtype)
     return s_levels, t_levels, boxes, valid.to(boxes.device)
 
@@ -526,7 +526,7 @@ def gid_response_loss(
                                                                  "student_deltas", "teacher_deltas")))]
     s_cls, t_cls, s_reg, t_reg = flat
     all_anchors = torch.cat([upcast(a) for a in inputs[4]]).to(s_cls)
-    boxes, valid = pad_boxes(instance_boxes, instance_mask)
+    boxes, valid = pad_boxes(instance_boxes, instance_mask, name="instance_boxes", mask_name="instance_mask")
     boxes, valid = boxes.to(s_cls), valid.to(s_cls.device)
     iou = box_iou(all_anchors, boxes)  # (N, P, M)
     distilled = ((iou >= iou_threshold) & valid[:, None, :]).any(dim=-1)  # (N, P)

@@ -276,3 +276,17 @@ def test_pad_box_values_refuses_values_that_do_not_match_the_boxes():
     scattered = torch.tensor([[False, True], [True, False]])  # padded boxes whose real row is not first
     with pytest.raises(ValueError, match="are not its first rows"):
         masks.pad_box_values([torch.tensor([1]), torch.tensor([2])], scattered, name="gt_labels", num_classes=3)
+
+
+def test_pad_boxes_names_the_mask_and_refuses_it_with_a_list():
+    boxes = [torch.zeros(1, 4), torch.zeros(2, 4)]
+    with pytest.raises(ValueError, match="roi_mask marks the real rows of a padded \\(N, M, 4\\) rois tensor"):
+        masks.pad_boxes(boxes, torch.ones(2, 2, dtype=torch.bool), name="rois", mask_name="roi_mask")
+    padded, valid = masks.pad_boxes(boxes)
+    with pytest.raises(ValueError, match="roi_mask must be a bool tensor of shape \\(2, 2\\)"):
+        masks.pad_boxes(padded, valid.float(), name="rois", mask_name="roi_mask")
+    junk = padded.clone()
+    junk[0, 1] = torch.tensor([float("nan"), 0.0, -1.0, -1.0])  # a padding row: not checked, returned as zeros
+    out, mask = masks.pad_boxes(junk, valid, min_boxes=3)
+    assert out.shape == (2, 3, 4) and torch.equal(mask.sum(dim=1), torch.tensor([1, 2]))
+    assert torch.isfinite(out).all() and not out[0, 1:].any()
