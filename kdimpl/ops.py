@@ -18,7 +18,9 @@ __all__ = [
     "aligned_box_iou",
     "box_cxcywh_to_xyxy",
     "box_iou",
+    "cxcywh_box_terms",
     "detr_match_cost",
+    "gather_rows",
     "hungarian_match",
     "nms_top_k",
     "roi_align_padded",
@@ -43,6 +45,19 @@ def padded_boxes(
     boxes, valid = pad_boxes(gt_boxes, gt_mask, batch_size=batch_size)
     dtype = dtype or torch.promote_types(boxes.dtype, torch.float32)
     return boxes.to(device=device or boxes.device, dtype=dtype), valid.to(device or boxes.device)
+
+
+def gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """``values[n, index[n, q]]`` for ``(N, T, D)`` values and ``(N, Q)`` indices: each query's matched row."""
+    return torch.gather(values, 1, index[..., None].expand(-1, -1, values.shape[-1]))
+
+
+def cxcywh_box_terms(boxes: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """DETR's box terms of ``(..., 4)`` pairs of normalised ``cx, cy, w, h`` boxes: L1 summed over the
+    coordinates, and ``1 - GIoU`` (Carion et al., DETR, Eq. 2 and its L1 term), each ``(...)``."""
+    l1 = (boxes - targets).abs().sum(dim=-1)
+    giou = aligned_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(targets), generalized=True)
+    return l1, 1 - giou
 
 
 def roi_align_padded(

@@ -31,10 +31,11 @@ from .._reduce import reduce_loss
 from .._registry import register_loss
 from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import (
-    aligned_box_iou,
     box_cxcywh_to_xyxy,
     box_iou,
+    cxcywh_box_terms,
     detr_match_cost,
+    gather_rows,
     hungarian_match,
     sigmoid_focal_loss,
 )
@@ -46,18 +47,6 @@ def _xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     return torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], dim=-1)
 
 
-def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
-    """``values[n, index[n, q]]`` for ``(N, T, D)`` values and ``(N, Q)`` indices."""
-    return torch.gather(values, 1, index[..., None].expand(-1, -1, values.shape[-1]))
-
-
-def _box_terms(student_boxes: Tensor, target_boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-query L1 (summed over ``cx, cy, w, h``) and ``1 - GIoU`` of normalised ``cxcywh`` boxes."""
-    l1 = (student_boxes - target_boxes).abs().sum(dim=-1)
-    giou = aligned_box_iou(box_cxcywh_to_xyxy(student_boxes), box_cxcywh_to_xyxy(target_boxes), generalized=True)
-    return l1, 1 - giou
-
-
 def _matched_pred_terms(
     z_s: Tensor, b_s: Tensor, q_t: Tensor, b_t: Tensor, matched: Tensor,
     class_weight: float, l1_weight: float, giou_weight: float,
@@ -65,10 +54,10 @@ def _matched_pred_terms(
     """Per-query soft-BCE class term (target 0 when unmatched) plus L1 and ``1 - GIoU`` of the matched box."""
     is_matched = matched >= 0
     index = matched.clamp(min=0)
-    target_probs = _gather_rows(q_t, index) * is_matched[..., None]
-    target_boxes = _gather_rows(b_t, index)
+    target_probs = gather_rows(q_t, index) * is_matched[..., None]
+    target_boxes = gather_rows(b_t, index)
     cls = F.binary_cross_entropy_with_logits(z_s, target_probs, reduction="none").sum(dim=-1)
-    l1, giou = _box_terms(b_s, target_boxes)
+    l1, giou = cxcywh_box_terms(b_s, target_boxes)
     return class_weight * cls + is_matched * (l1_weight * l1 + giou_weight * giou)
 
 
@@ -229,7 +218,7 @@ def detrdistill_query_weights(
         n, q, k = teacher_logits.shape
         scores, flat = upcast(teacher_logits).sigmoid().flatten(1).topk(min(top_k, q * k), dim=1)
         index = torch.div(flat, k, rounding_mode="floor")
-        boxes = box_cxcywh_to_xyxy(_gather_rows(teacher_boxes.to(scores.dtype), index))
+        boxes = box_cxcywh_to_xyxy(gather_rows(teacher_boxes.to(scores.dtype), index))
         gt, valid = pad_boxes(gt_boxes, batch_size=n)
         img_h, img_w = image_hw(image_size, n, scores)
         scale = torch.cat([img_w, img_h, img_w, img_h], dim=1)[:, None]
@@ -328,7 +317,7 @@ def detrdistill_feature_loss(
     index, weight = detrdistill_query_weights(teacher_logits.detach(), teacher_boxes.detach(), gt_boxes,
                                               image_size, top_k)
     with torch.no_grad():
-        queries = F.normalize(_gather_rows(teacher_queries.detach().to(s.dtype), index), dim=-1)
+        queries = F.normalize(gather_rows(teacher_queries.detach().to(s.dtype), index), dim=-1)
         guide = (weight.to(s.dtype)[..., None] * queries).sum(dim=1)  # (N, C)
         # <guide, t / max(|t|, 1e-12)> as F.normalize, without a normalised copy of the feature map
         norm = torch.linalg.vector_norm(t, dim=1).clamp(min=1e-12)
@@ -469,12 +458,12 @@ def detrdistill_group_loss(
         matched = hungarian_match(cost, valid)
         is_matched = matched >= 0
         index = matched.clamp(min=0)
-        target = _gather_rows(onehot, index) * is_matched[..., None]
-        target_boxes = _gather_rows(gt_norm, index)
+        target = gather_rows(onehot, index) * is_matched[..., None]
+        target_boxes = gather_rows(gt_norm, index)
         # the assignment of a NaN teacher is meaningless: show it in the loss
         poison = (z_t.sum() + b_t.sum()) * 0
     focal = sigmoid_focal_loss(z_s, target, alpha=focal_alpha, gamma=focal_gamma)
-    l1, giou = _box_terms(b_s, target_boxes)
+    l1, giou = cxcywh_box_terms(b_s, target_boxes)
     terms = class_weight * focal.sum(dim=-1) + is_matched * (l1_weight * l1 + giou_weight * giou) + poison
     return reduce_loss(terms, reduction, avg_factor=is_matched.sum().clamp(min=1)).to(student_logits.dtype)
 

@@ -26,7 +26,7 @@ from .._checks import check_options, check_shape, check_shapes
 from .._dtypes import upcast
 from .._registry import register_loss
 from ..distributed import reduce_normaliser
-from ..ops import aligned_box_iou, box_cxcywh_to_xyxy
+from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, gather_rows
 
 __all__ = ["kd_detr_sample_points"]
 
@@ -280,13 +280,10 @@ def kd_detr_logits_loss(
     check_options(temperature=temperature, class_weight=class_weight, l1_weight=l1_weight, reduction=reduction)
     z_s = upcast(student_logits)
     paired = (student_match >= 0) & (teacher_match >= 0)
-
-    def gather(values: Tensor, index: Tensor) -> Tensor:
-        return torch.gather(values, 1, index.clamp(min=0)[..., None].expand(-1, -1, values.shape[-1]))
-
-    s_logits, s_boxes = gather(z_s, student_match), gather(student_boxes.to(z_s.dtype), student_match)
-    t_logits = gather(teacher_logits.detach().to(z_s.dtype), teacher_match)
-    t_boxes = gather(teacher_boxes.detach().to(z_s.dtype), teacher_match)
+    s_index, t_index = student_match.clamp(min=0), teacher_match.clamp(min=0)
+    s_logits, s_boxes = gather_rows(z_s, s_index), gather_rows(student_boxes.to(z_s.dtype), s_index)
+    t_logits = gather_rows(teacher_logits.detach().to(z_s.dtype), t_index)
+    t_boxes = gather_rows(teacher_boxes.detach().to(z_s.dtype), t_index)
     zero = z_s.new_zeros(())
     cls = torch.where(paired, _kl_per_row(s_logits, t_logits, temperature), zero)
     smooth = torch.where(paired, F.smooth_l1_loss(s_boxes, t_boxes, beta=beta, reduction="none").sum(dim=-1), zero)

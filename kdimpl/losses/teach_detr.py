@@ -28,7 +28,13 @@ from .._dtypes import upcast
 from .._registry import register_loss
 from ..distributed import reduce_normaliser
 from ..masks import image_hw, pad_box_values, pad_boxes
-from ..ops import aligned_box_iou, box_cxcywh_to_xyxy, detr_match_cost, hungarian_match, sigmoid_focal_loss
+from ..ops import (
+    cxcywh_box_terms,
+    detr_match_cost,
+    gather_rows,
+    hungarian_match,
+    sigmoid_focal_loss,
+)
 
 __all__: list[str] = []
 
@@ -161,13 +167,12 @@ def teach_detr_loss(
         matched = hungarian_match(cost, valid)
         is_matched = matched >= 0
         index = matched.clamp(min=0)
-        target = torch.gather(onehot, 1, index[..., None].expand(-1, -1, num_classes)) * is_matched[..., None]
-        matched_boxes = torch.gather(target_boxes, 1, index[..., None].expand(-1, -1, 4))
+        target = gather_rows(onehot, index) * is_matched[..., None]
+        matched_boxes = gather_rows(target_boxes, index)
         matched_scores = torch.gather(scores, 1, index)
         class_scores = torch.where(is_matched, matched_scores, torch.full_like(matched_scores, background_weight))
     focal = sigmoid_focal_loss(z, target, alpha=focal_alpha, gamma=focal_gamma)
-    l1 = (b - matched_boxes).abs().sum(dim=-1)
-    giou = 1 - aligned_box_iou(box_cxcywh_to_xyxy(b), box_cxcywh_to_xyxy(matched_boxes), generalized=True)
+    l1, giou = cxcywh_box_terms(b, matched_boxes)
     box = torch.where(is_matched, matched_scores * (l1_weight * l1 + giou_weight * giou), 0.0)
     terms = class_weight * class_scores * focal.sum(dim=-1) + box
     if reduction == "none":

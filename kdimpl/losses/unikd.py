@@ -48,9 +48,10 @@ from ..adapters.unikd import _normalised_cxcywh
 from ..masks import image_hw, pad_box_values, pad_boxes
 from ..ops import (
     aligned_box_iou,
-    box_cxcywh_to_xyxy,
     box_iou,
+    cxcywh_box_terms,
     detr_match_cost,
+    gather_rows,
     hungarian_match,
     sigmoid_focal_loss,
 )
@@ -254,17 +255,13 @@ def _targets(
 
 def _set_loss(logits, boxes, matched, target, onehot, count, class_weight, l1_weight, giou_weight, alpha, gamma):
     """Focal classification of every query and L1 + GIoU of the matched ones, each divided by ``count``."""
-    n, q, _ = logits.shape
     has = matched >= 0
     index = matched.clamp(min=0)
-    picked_boxes = torch.gather(target, 1, index[..., None].expand(n, q, 4))
-    picked_labels = torch.gather(onehot, 1, index[..., None].expand(n, q, onehot.shape[-1]))
-    cls_target = picked_labels * has[..., None].to(logits.dtype)
+    cls_target = gather_rows(onehot, index) * has[..., None].to(logits.dtype)
     cls = sigmoid_focal_loss(logits, cls_target, alpha=alpha, gamma=gamma).sum()
     weight = has.to(boxes.dtype)
-    l1 = ((boxes - picked_boxes).abs().sum(-1) * weight).sum()
-    giou = aligned_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(picked_boxes), generalized=True)
-    giou = ((1 - giou) * weight).sum()
+    l1, giou = cxcywh_box_terms(boxes, gather_rows(target, index))
+    l1, giou = (l1 * weight).sum(), (giou * weight).sum()
     count = count.clamp(min=1)
     return (class_weight * cls + l1_weight * l1 + giou_weight * giou) / count
 

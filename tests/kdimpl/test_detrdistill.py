@@ -314,3 +314,15 @@ def test_sigmoid_focal_loss_is_the_textbook_form():
     ones, zeros = torch.ones_like(z), torch.zeros_like(z)
     torch.testing.assert_close(sigmoid_focal_loss(z, ones, alpha=0.3, gamma=2.0), -0.3 * (1 - p) ** 2 * p.log())
     torch.testing.assert_close(sigmoid_focal_loss(z, zeros, alpha=0.3, gamma=2.0), -0.7 * p**2 * (1 - p).log())
+
+
+def test_gather_rows_and_cxcywh_box_terms():
+    from kdimpl.ops import cxcywh_box_terms, gather_rows
+
+    values = torch.arange(12.0).reshape(1, 4, 3)
+    assert gather_rows(values, torch.tensor([[3, 0]])).tolist() == [[[9.0, 10.0, 11.0], [0.0, 1.0, 2.0]]]
+    box = torch.tensor([0.5, 0.5, 0.2, 0.2])
+    l1, giou = cxcywh_box_terms(torch.stack([box, box]), torch.stack([box, torch.tensor([0.6, 0.5, 0.2, 0.2])]))
+    torch.testing.assert_close(l1, torch.tensor([0.0, 0.1]))
+    # the second pair overlaps by half its width: IoU 1/3, the enclosing box is the union, so GIoU = IoU
+    torch.testing.assert_close(giou, torch.tensor([0.0, 2 / 3]))
