@@ -192,22 +192,28 @@ def feature_loss_names(two_stage: bool = False) -> list[str]:
     return names
 
 
-def feature_loss_inputs(loss: nn.Module, tap: DetectorTap, box_capacity: int | None = None) -> dict[str, object]:
-    """The keyword inputs ``loss`` takes, from what the tap recorded (all in the padded-batch frame).
+def loss_inputs(loss: nn.Module, gt_boxes: list[Tensor], image_size: tuple[int, int], *,
+                rois: list[Tensor] | None = None, box_capacity: int | None = None) -> dict[str, object]:
+    """The keyword inputs ``loss`` takes, from boxes and the image size in the padded-batch frame.
 
     With ``box_capacity`` (for a compiled loss), a loss that takes ``gt_mask`` gets its boxes padded
     to that many rows with their mask, and ``image_size`` comes as a tensor: the same shapes every
     batch, so one graph serves them all (see :func:`kdimpl.integrations.torchvision.mark_dynamic_sizes`).
     """
     params = inspect.signature(loss.forward).parameters
-    available = {"gt_boxes": tap.gt_boxes, "instance_boxes": tap.gt_boxes, "image_size": tap.image_size}
+    available = {"gt_boxes": gt_boxes, "instance_boxes": gt_boxes, "image_size": image_size}
     if box_capacity is not None:
-        available["image_size"] = torch.tensor(tap.image_size)
+        available["image_size"] = torch.tensor(image_size)
         if "gt_mask" in params:
-            available["gt_boxes"], available["gt_mask"] = pad_boxes(tap.gt_boxes, min_boxes=box_capacity)
-    if tap.rois is not None:
-        available["proposals"] = [r.detach() for r in tap.rois]
+            available["gt_boxes"], available["gt_mask"] = pad_boxes(gt_boxes, min_boxes=box_capacity)
+    if rois is not None:
+        available["proposals"] = [r.detach() for r in rois]
     return {k: v for k, v in available.items() if k in params}
+
+
+def feature_loss_inputs(loss: nn.Module, tap: DetectorTap, box_capacity: int | None = None) -> dict[str, object]:
+    """:func:`loss_inputs` from what the tap recorded (all in the padded-batch frame)."""
+    return loss_inputs(loss, tap.gt_boxes, tap.image_size, rois=tap.rois, box_capacity=box_capacity)
 
 
 def adapt_outside(criterion: kdimpl.MultiLevelLoss, students: list[Tensor]) -> tuple[list[Tensor], dict[str, object]]:

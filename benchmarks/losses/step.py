@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import logging
 import statistics
 import sys
@@ -39,7 +38,6 @@ import torch._functorch.config
 import torch._inductor.config
 
 from kdimpl.integrations.torchvision import mark_dynamic_sizes
-from kdimpl.masks import pad_boxes
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "distill_torchvision.py"
 
@@ -95,10 +93,9 @@ def full_step(example, student, teacher, distiller, images, targets) -> float:
         tap.remove()
 
 
-def loss_step(criterion, inputs, kwargs=None, prepare=None) -> float:
+def loss_step(criterion, inputs, kwargs, prepare=None) -> float:
     """Seconds of the loss's forward and backward; ``prepare(students) -> (students, kwargs)`` runs inside."""
-    students, teachers, boxes, image_size = inputs
-    kwargs = _shared(criterion, boxes, image_size) if kwargs is None else kwargs
+    students, teachers = inputs[:2]
 
     def step() -> None:
         for s in students:
@@ -109,17 +106,6 @@ def loss_step(criterion, inputs, kwargs=None, prepare=None) -> float:
         criterion(feeds, teachers, **kwargs, **extra).backward()
 
     return _timed(step)
-
-
-def _shared(criterion, boxes, image_size, box_capacity=None):
-    """The loss's keyword inputs; with ``box_capacity``, the compile recipe: padded boxes, their mask, a tensor size."""
-    params = inspect.signature(criterion.losses[0].forward).parameters
-    available = {"gt_boxes": boxes, "instance_boxes": boxes, "image_size": image_size}
-    if box_capacity is not None:
-        available["image_size"] = torch.tensor(image_size)
-        if "gt_mask" in params:
-            available["gt_boxes"], available["gt_mask"] = pad_boxes(boxes, min_boxes=box_capacity)
-    return {k: v for k, v in available.items() if k in params}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         step = [full_step(example, student, teacher, distiller, *batches[i]) for i in range(args.full_steps)]
         row["step_ms"] = 1e3 * statistics.median(step)
         if args.mode in ("eager", "both"):
-            eager = [loss_step(criterion, x) for x in inputs]
+            eager = [loss_step(criterion, x, example.loss_inputs(criterion.losses[0], x[2], x[3])) for x in inputs]
             row["eager_ms"] = 1e3 * statistics.median(eager[1:])
             row["eager_share"] = row["eager_ms"] / (base_ms + row["eager_ms"])
         if args.mode in ("compile", "both"):
@@ -191,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             compiled = torch.compile(criterion)
             times, graphs = [], []
             for x in inputs:
-                kwargs = _shared(criterion, x[2], x[3], args.box_capacity if args.mark_dynamic else None)
+                kwargs = example.loss_inputs(criterion.losses[0], x[2], x[3],
+                                             box_capacity=args.box_capacity if args.mark_dynamic else None)
                 if args.mark_dynamic:
                     mark_dynamic_sizes(x[0], x[1], kwargs.get("gt_boxes"))
                 prepare = partial(example.adapt_outside, criterion) if args.mark_dynamic else None
