@@ -84,8 +84,9 @@ def multilevel_loss(
         level_weights: :math:`w_l` (default: 1 for every level, the sum the official FPN
             configurations use).
         **shared: keyword inputs passed unchanged to every level (``gt_boxes``, ``image_size``,
-            options), except a :class:`PerLevel` one, whose ``l``-th entry goes to level ``l``. A loss whose signature takes ``level`` and ``num_levels`` also receives
-            the level's index and the number of levels (DeFeat assigns boxes to levels).
+            options), except a :class:`PerLevel` one, whose ``l``-th entry goes to level ``l``.
+            A loss whose signature takes ``level`` and ``num_levels`` also receives the level's
+            index and the number of levels (DeFeat assigns boxes to levels).
 
     Returns:
         A scalar: the losses must reduce to scalars (``reduction='mean'`` or ``'sum'``).
